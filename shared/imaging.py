@@ -1,0 +1,45 @@
+"""Image preprocessing shared by the services, training and evaluation, so a
+model sees the same pixels at training and at serving time."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from shared.boxes import Letterbox, letterbox_geometry
+
+# Letterbox padding: mid-grey, which the (x / 255 - 0.5) / 0.5 scaling maps to 0.
+PAD_VALUE = 127
+
+
+def letterbox(image: Image.Image, input_width: int, input_height: int) -> tuple[np.ndarray, Letterbox]:
+    """Scale an RGB photo to fit the input size, keep its aspect, pad with grey.
+
+    Returns the HxWx3 uint8 canvas and the geometry to map boxes back.
+    """
+    geometry = letterbox_geometry(image.width, image.height, input_width, input_height)
+    new_width = max(1, round(image.width * geometry.scale))
+    new_height = max(1, round(image.height * geometry.scale))
+    resized = image.resize((new_width, new_height), Image.BILINEAR)
+    canvas = np.full((input_height, input_width, 3), PAD_VALUE, dtype=np.uint8)
+    left, top = int(geometry.pad_x), int(geometry.pad_y)
+    canvas[top : top + new_height, left : left + new_width] = np.asarray(resized)[: input_height - top, : input_width - left]
+    return canvas, Letterbox(geometry.scale, float(left), float(top))
+
+
+def normalise(pixels: np.ndarray, mean: list[float], std: list[float], scale: float) -> np.ndarray:
+    """Turn HxWx3 (or NxHxWx3) uint8 pixels into float32 NCHW network input."""
+    array = pixels.astype(np.float32) * scale
+    array = (array - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    if array.ndim == 3:
+        array = array[None]
+    return np.ascontiguousarray(array.transpose(0, 3, 1, 2))
+
+
+def square_crop(image: Image.Image, box: np.ndarray, size: int) -> np.ndarray:
+    """Crop a box, pad it to a square with grey (keeping the item's aspect), resize."""
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    x2, y2 = max(x2, x1 + 1), max(y2, y1 + 1)
+    crop = image.crop((x1, y1, x2, y2))
+    canvas, _ = letterbox(crop, size, size)
+    return canvas
