@@ -26,7 +26,7 @@ from tqdm import tqdm
 from shared import datasets, taxonomy
 from shared.metrics import Detections, mean_average_precision
 from training import export
-from training.detection_data import DetectionDataset, catalog_samples, collate, street_samples
+from training.detection_data import DetectionDataset, catalog_samples, collate, photo_to_sample, street_samples
 from training.engine import RunDirectory, check_finite
 from training.nets import NORMALISATION, DetectorForExport, build_detector, freeze_batch_norm
 
@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def split_samples(args: argparse.Namespace):
-    street = street_samples(Path("var/cache"))
+    street = limited_street_samples(args.limit) if args.limit else street_samples(Path("var/cache"))
     train, validation = [], []
     rng = random.Random(args.seed)
     for dataset, samples in street.items():
@@ -75,6 +75,17 @@ def split_samples(args: argparse.Namespace):
     if args.limit:
         train, validation = train[: args.limit], validation[: max(2, args.limit // 4)]
     return train, validation
+
+
+def limited_street_samples(limit: int) -> dict[str, list]:
+    """The first ``limit`` photos of each street set, read directly (smoke runs)."""
+    root = datasets.datasets_dir()
+    ccp_ids = sorted(p.stem for p in (root / datasets.CCP / "annotations" / "pixel-level").glob("*.mat"))[:limit]
+    colorful_ids = sorted(p.stem for p in (root / datasets.COLORFUL / "Annotations").glob("*.xml"))[:limit]
+    return {
+        datasets.CCP: [photo_to_sample(p) for p in datasets.read_ccp(root, ccp_ids)],
+        datasets.COLORFUL: [photo_to_sample(p) for p in datasets.read_colorful(root, colorful_ids)],
+    }
 
 
 def validate(model, loader) -> dict[str, float]:

@@ -1,0 +1,1 @@
+"""The index shard service: serves the hnswlib indices routing.json assigns to it."""

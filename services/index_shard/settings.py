@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import ServiceSettings, repo_path
+
+
+class ShardSettings(ServiceSettings):
+    """Index shard settings, read from ``SHARD_*`` environment variables.
+
+    ``SHARD_NAME`` picks the keys of ``routing.json`` this process serves.
+    ``threads`` is the number of searches run at the same time.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SHARD_")
+
+    name: str = Field(..., min_length=1, description="shard name in routing.json, e.g. shard-0")
+    index_dir: Path = Field(repo_path("var/index"), description="index folder written by the indexing job")
+    ef: int = Field(64, ge=1, le=10_000, description="HNSW query ef; raised to k when a query asks for more")
+    max_k: int = Field(100, ge=1, le=10_000, description="most hits one query may ask for")
+    max_queries: int = Field(256, ge=1, le=10_000, description="most queries in one request")

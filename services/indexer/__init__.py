@@ -1,0 +1,1 @@
+"""The catalog indexing job; run it with ``python -m services.indexer --help``."""

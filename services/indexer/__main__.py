@@ -1,0 +1,5 @@
+import sys
+
+from services.indexer.job import main
+
+sys.exit(main())
