@@ -26,6 +26,7 @@ from training.nets import NORMALISATION
 log = logging.getLogger(__name__)
 
 OPSET = 17
+WEIGHTS_FP16 = "float16 initializers cast to float32 at load"
 
 
 def store_weights_fp16(path: Path, min_elements: int = 64) -> None:
@@ -77,7 +78,7 @@ def write_card(folder: Path, card: dict[str, Any], markdown_extra: str = "") -> 
         f"scaled (x * {card['input']['normalisation']['scale']:.6f} - mean) / std with mean "
         f"{card['input']['normalisation']['mean']} and std {card['input']['normalisation']['std']}",
         f"- outputs: {', '.join(card['outputs'])}",
-        f"- training data: {card['training']['data']}",
+        f"- training data: {card['training'].get('data', 'not recorded')}",
         f"- training time: {card['training'].get('seconds', 0) / 60:.1f} minutes on {card['training']['hardware']}",
         "",
         markdown_extra,
@@ -92,7 +93,7 @@ def _input_section(width: int, height: int, resize: str) -> dict[str, Any]:
     return {"width": width, "height": height, "layout": "NCHW", "colour": "RGB", "resize": resize, "normalisation": NORMALISATION}
 
 
-def export_detector(model: torch.nn.Module, args, log_records: list[dict], train_count: int) -> Path:
+def export_detector(model: torch.nn.Module, args, log_records: list[dict], train_count: int, fp16_weights: bool = True) -> Path:
     """Export the detector with a dynamic batch axis and write its card."""
     folder: Path = args.out
     folder.mkdir(parents=True, exist_ok=True)
@@ -103,7 +104,8 @@ def export_detector(model: torch.nn.Module, args, log_records: list[dict], train
         dynamic_axes={"images": {0: "batch"}, "boxes": {0: "batch"}, "scores": {0: "batch"}},
         opset_version=OPSET, dynamo=False,
     )
-    store_weights_fp16(path)
+    if fp16_weights:
+        store_weights_fp16(path)
     last = log_records[-1] if log_records else {}
     card = {
         "name": "detector",
@@ -112,7 +114,7 @@ def export_detector(model: torch.nn.Module, args, log_records: list[dict], train
                    "feature pyramid (P3-P7, 96 channels) and a slim head (two convolutions per tower).",
         "version": file_version(path),
         "file": path.name,
-        "weights": "float16 initializers cast to float32 at load",
+        "weights": WEIGHTS_FP16 if fp16_weights else "float32",
         "input": _input_section(args.input_width, args.input_height, "letterbox"),
         "classes": list(taxonomy.DETECTOR_CLASSES),
         "outputs": {
@@ -136,7 +138,9 @@ def export_detector(model: torch.nn.Module, args, log_records: list[dict], train
     return path
 
 
-def export_classifier(model: torch.nn.Module, folder: Path, name: str, card_extra: dict[str, Any], input_size: int) -> Path:
+def export_classifier(
+    model: torch.nn.Module, folder: Path, name: str, card_extra: dict[str, Any], input_size: int, fp16_weights: bool = True
+) -> Path:
     """Export a multi-task classifier (or the wearer) and write its card."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.onnx"
@@ -148,12 +152,13 @@ def export_classifier(model: torch.nn.Module, folder: Path, name: str, card_extr
         dynamic_axes={key: {0: "batch"} for key in ["images", *outputs]},
         opset_version=OPSET, dynamo=False,
     )
-    store_weights_fp16(path)
+    if fp16_weights:
+        store_weights_fp16(path)
     card = {
         "name": name,
         "version": file_version(path),
         "file": path.name,
-        "weights": "float16 initializers cast to float32 at load",
+        "weights": WEIGHTS_FP16 if fp16_weights else "float32",
         "input": _input_section(input_size, input_size, "crop padded to a square with grey, then resized"),
         "embedding_size": model.model.embedding_size,
         "task_feature_size": 128,

@@ -47,6 +47,7 @@ def add_training_arguments(parser: argparse.ArgumentParser, epochs: int, size: i
     parser.add_argument("--no-augment", action="store_true", help="train on the plain catalog crops only")
     parser.add_argument("--limit", type=int, default=0, help="use only this many catalog rows (smoke runs)")
     parser.add_argument("--rebuild", action="store_true", help="render the cached crops again")
+    parser.add_argument("--cache-dir", type=Path, default=CACHE, help=f"where rendered crops are cached (default {CACHE})")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -185,7 +186,7 @@ def fit(
 def category_crop_sets(category: str, args: argparse.Namespace) -> tuple[CropSet, CropSet, CropSet]:
     """Build or load the (train, validation, held-out) crop sets of a category."""
     suffix = f"{category}-{args.size}-{args.views}" + (f"-limit{args.limit}" if args.limit else "")
-    paths = [CACHE / f"{suffix}-{part}.npz" for part in ("train", "validation", "heldout")]
+    paths = [args.cache_dir / f"{suffix}-{part}.npz" for part in ("train", "validation", "heldout")]
     if not args.rebuild and all(p.exists() for p in paths):
         return tuple(load_crop_set(p) for p in paths)  # type: ignore[return-value]
 

@@ -24,7 +24,7 @@ from training.augment import BackgroundPool
 from training.classifier_data import build_wearer_set, load_crop_set, save_crop_set, split_rows
 from training.engine import RunDirectory
 from training.nets import ClassifierForExport, MultiTaskClassifier
-from training.train_classifier import CACHE, add_training_arguments, fit
+from training.train_classifier import add_training_arguments, fit
 
 log = logging.getLogger("training.train_wearer")
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
     suffix = f"wearer-{args.size}-{args.views}" + (f"-limit{args.limit}" if args.limit else "")
-    paths = [CACHE / f"{suffix}-{part}.npz" for part in ("train", "validation", "heldout")]
+    paths = [args.cache_dir / f"{suffix}-{part}.npz" for part in ("train", "validation", "heldout")]
     if args.rebuild or not all(p.exists() for p in paths):
         rows = datasets.read_catalog(datasets.datasets_dir())
         if args.limit:
