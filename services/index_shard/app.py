@@ -3,9 +3,9 @@
 
     SHARD_NAME=shard-0 SHARD_INDEX_DIR=var/index uvicorn services.index_shard.app:app --port 8200
 
-``POST /search`` takes query vectors (base64 float32, ``shared.wire``) with the
-index keys to search and k; per query it returns the hits of all its keys
-merged, nearest first. ``GET /keys`` lists the loaded indices. The shard
+``POST /search`` takes query vectors (base64 float32, ``shared.wire``), each
+with the index keys to search and k. For each query it returns the hits of all
+its keys merged, nearest first. ``GET /keys`` lists the loaded indices. The shard
 refuses to start when its indices disagree with ``routing.json``.
 """
 
@@ -69,7 +69,7 @@ install_common(app, SERVICE, is_ready)
 class Query(BaseModel):
     vector: str = Field(description="base64 of little-endian float32 values (shared.wire.encode_vector)")
     keys: list[str] = Field(description="index keys to search, e.g. top/tshirt/men")
-    k: int = Field(10, description="most hits returned for this query")
+    k: int = Field(10, description="maximum hits returned for this query")
 
 
 class SearchRequest(BaseModel):
@@ -118,7 +118,7 @@ def check_request(request: SearchRequest, indices: dict[str, LoadedIndex]) -> li
                 raise HTTPException(400, f"query {number}: vector has {len(vector)} values; index {key} has dimension {indices[key].dimension}")
         checked.append((vector, list(dict.fromkeys(query.keys)), query.k))
     if unknown:
-        raise HTTPException(404, f"shard {settings.name} does not hold keys: {', '.join(unknown)}")
+        raise HTTPException(404, f"shard {settings.name} does not serve keys: {', '.join(unknown)}")
     return checked
 
 

@@ -20,5 +20,5 @@ class ShardSettings(ServiceSettings):
     name: str = Field(..., min_length=1, description="shard name in routing.json, e.g. shard-0")
     index_dir: Path = Field(repo_path("var/index"), description="index folder written by the indexing job")
     ef: int = Field(64, ge=1, le=10_000, description="HNSW query ef; raised to k when a query asks for more")
-    max_k: int = Field(100, ge=1, le=10_000, description="most hits one query may ask for")
-    max_queries: int = Field(256, ge=1, le=10_000, description="most queries in one request")
+    max_k: int = Field(100, ge=1, le=10_000, description="maximum k of one query")
+    max_queries: int = Field(256, ge=1, le=10_000, description="maximum queries in one request")

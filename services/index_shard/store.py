@@ -63,11 +63,11 @@ def load_index(index_dir: Path, key: str, route, ef: int) -> LoadedIndex:
     if sidecar.get("key") != key:
         raise ShardLoadError(f"sidecar {sidecar_file} is for key {sidecar.get('key')!r}, but routing.json names it for {key!r}")
     if dimension != route.dimension:
-        raise ShardLoadError(f"key {key}: sidecar {sidecar_file} says dimension {dimension}, routing.json says {route.dimension}")
+        raise ShardLoadError(f"key {key}: sidecar {sidecar_file} has dimension {dimension} but routing.json has {route.dimension}")
     if model_version != route.model_version:
-        raise ShardLoadError(f"key {key}: sidecar {sidecar_file} says model version {model_version}, routing.json says {route.model_version}")
+        raise ShardLoadError(f"key {key}: sidecar {sidecar_file} has model version {model_version} but routing.json has {route.model_version}")
     if len(ids) != route.count:
-        raise ShardLoadError(f"key {key}: sidecar {sidecar_file} lists {len(ids)} ids, routing.json says count {route.count}")
+        raise ShardLoadError(f"key {key}: sidecar {sidecar_file} lists {len(ids)} ids but routing.json has count {route.count}")
 
     index = hnswlib.Index(space=INDEX_SPACE, dim=dimension)
     try:
@@ -76,9 +76,9 @@ def load_index(index_dir: Path, key: str, route, ef: int) -> LoadedIndex:
         # hnswlib names no file in its message ("Index seems to be corrupted").
         raise ShardLoadError(f"index file {path} of key {key} cannot be loaded (truncated or corrupt?): {error}") from error
     if index.get_current_count() != len(ids):
-        raise ShardLoadError(f"index file {path} holds {index.get_current_count()} vectors, its sidecar lists {len(ids)} ids")
+        raise ShardLoadError(f"index file {path} contains {index.get_current_count()} vectors but its sidecar lists {len(ids)} ids")
     if index.dim != dimension:
-        raise ShardLoadError(f"index file {path} has dimension {index.dim}, its sidecar says {dimension}")
+        raise ShardLoadError(f"index file {path} has dimension {index.dim} but its sidecar has {dimension}")
     index.set_num_threads(1)
     index.set_ef(ef)
     return LoadedIndex(key, index, ids, dimension, model_version)

@@ -132,7 +132,7 @@ def staging_folder(out: Path) -> Path:
 
 
 def check_replaceable(out: Path) -> None:
-    """Refuse to replace a non-empty folder that is not an earlier index folder."""
+    """Raise FileExistsError when ``out`` is a non-empty folder other than an earlier index folder."""
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / ROUTING_FILE).exists())):
         raise FileExistsError(f"{out} exists and is not an index folder (no {ROUTING_FILE}); choose another --out")
 

@@ -3,11 +3,11 @@ gender) plus ``routing.json`` out.
 
     python -m services.indexer --manifest var/catalog/manifest.jsonl --out var/index
 
-Per product: the detector finds the product's own item in its photo (the
-most confident box of the row's high-level class, else the whole photo), the
-category's classifier embeds the crop, near-duplicates are removed per index
-key, and the indices are written to a staging folder that replaces ``--out``
-only once complete.
+For each product, the detector finds the product's own item in its photo: the
+most confident box of the row's high-level class, else the whole photo. The
+category's classifier embeds the crop. Near-duplicates are then removed per
+index key, and the indices are written to a staging folder that replaces
+``--out`` only once complete.
 """
 
 from __future__ import annotations
@@ -76,9 +76,9 @@ class JobReport:
 def choose_box(detections, high_level: str, floor: float, width: int, height: int) -> tuple[np.ndarray, str]:
     """Pick the most confident detection of the class, or fall back to the whole photo.
 
-    Catalog photos show one product, so the best box of its class is the product;
-    a photo where the detector finds none (a close-up, a folded item) is
-    still worth indexing whole.
+    Catalog photos show one product, so the best box of its class is the product.
+    A photo where the detector finds none (a close-up, a folded item) is still
+    worth indexing whole.
     """
     matching = [d for d in detections if d.label == high_level and d.score >= floor]
     if matching:
