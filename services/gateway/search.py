@@ -220,14 +220,27 @@ async def classify_items(context: SearchContext, image: Image.Image, items: list
 
 
 def keys_for_item(item: Item, index: IndexMetadata, settings: GatewaySettings) -> list[str]:
-    """Index keys of the item's top fine classes for its genders, where they exist."""
+    """Index keys of the item's top fine classes for its genders.
+
+    The best fine class is always searched, the next ones while they clear the
+    probability floor. When the catalog has no index for any of them (a small
+    catalog, or a gender it lacks), lower-ranked fine classes are tried in order
+    until one has an index, so an item is not left without results.
+    """
     fine_classes = item.classification["fine_classes"] if item.classification else []
-    chosen = [fine_classes[0]["name"]] if fine_classes else []
-    for candidate in fine_classes[1 : settings.top_fine_classes]:
-        if candidate["probability"] >= settings.fine_class_floor:
-            chosen.append(candidate["name"])
-    keys = [f"{item.label}/{fine}/{gender}" for fine in chosen for gender in item.genders]
-    return [key for key in keys if index.has_key(key)]
+
+    def existing_keys(fine: str) -> list[str]:
+        keys = (f"{item.label}/{fine}/{gender}" for gender in item.genders)
+        return [key for key in keys if index.has_key(key)]
+
+    keys: list[str] = []
+    for rank, candidate in enumerate(fine_classes):
+        within_top = rank < settings.top_fine_classes and (rank == 0 or candidate["probability"] >= settings.fine_class_floor)
+        if within_top or not keys:
+            keys.extend(existing_keys(candidate["name"]))
+        elif keys:
+            break
+    return keys
 
 
 async def search_items(context: SearchContext, items: list[Item], results_per_item: int) -> None:
