@@ -1,0 +1,70 @@
+# ---- fleet: local processes and Compose checks (deploy/) ----
+# The .venv interpreter when there is one, so honcho and uvicorn come from it.
+PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
+FLEET_TIMEOUT ?= 180
+
+.PHONY: up down wait compose-check
+
+up: ## start the local fleet in the background and wait until every /readyz answers 200
+	$(PYTHON) deploy/fleet.py up --timeout $(FLEET_TIMEOUT)
+
+down: ## stop the local fleet
+	$(PYTHON) deploy/fleet.py down
+
+wait: ## wait for a fleet that is starting
+	$(PYTHON) deploy/fleet.py wait --timeout $(FLEET_TIMEOUT)
+
+compose-check: ## validate docker-compose.yml without a Docker engine
+	$(PYTHON) deploy/check_compose.py
+# ---- end fleet ----
+
+# ---- install, models, index, demo, tests ----
+VENV ?= .venv
+CATEGORIES := top bottom footwear bag eyewear wristwear headwear belt dress
+DETECTOR_EPOCHS ?= 5
+CLASSIFIER_EPOCHS ?= 8
+INDEX_DIR ?= var/index
+MANIFEST ?= var/catalog/manifest.jsonl
+
+.PHONY: install install-dev models report manifest index demo test
+
+$(VENV)/bin/python:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+
+install: $(VENV)/bin/python ## serving, the local runner and the demo (no torch)
+	$(VENV)/bin/pip install --quiet -r requirements/run.txt
+
+install-dev: $(VENV)/bin/python ## everything: serving, training and tests
+	$(VENV)/bin/pip install --quiet -r requirements/dev.txt
+
+models: ## retrain every committed model from scratch (hours on 2 CPU cores)
+	$(VENV)/bin/python -m training.train_detector --epochs $(DETECTOR_EPOCHS) --run-dir runs/detector --out models/detector
+	$(VENV)/bin/python -m training.catalog_boxes --detector models/detector --out runs/catalog_boxes.json
+	for category in $(CATEGORIES); do \
+		$(VENV)/bin/python -m training.train_classifier --category $$category --epochs $(CLASSIFIER_EPOCHS) \
+			--run-dir runs/classifier-$$category --out models/classifiers/$$category || exit 1; \
+	done
+	$(VENV)/bin/python -m training.train_wearer --run-dir runs/wearer --out models/wearer
+	$(VENV)/bin/python -m training.report
+
+report: ## measure the committed models on the held-out split (reports/models.md)
+	$(VENV)/bin/python -m training.report
+
+$(MANIFEST):
+	$(VENV)/bin/python -m services.indexer.adapters --out $(MANIFEST)
+
+manifest: $(MANIFEST) ## write the catalog manifest from fashion-product-images
+
+index: install $(MANIFEST) ## index the demo catalog into var/index
+	$(VENV)/bin/python -m services.indexer --manifest $(MANIFEST) --out $(INDEX_DIR)
+
+demo: install ## install, index the demo catalog, start the fleet, search street photos, draw a result sheet
+	@test -f $(INDEX_DIR)/routing.json || $(MAKE) index
+	$(MAKE) up
+	$(VENV)/bin/python scripts/demo.py --out var/demo/result_sheet.png
+	@echo "The fleet is still running on 127.0.0.1 (gateway on port 8000); stop it with 'make down'."
+
+test: install-dev ## run the test suite (starts its own services; needs Redis on 127.0.0.1:6379)
+	$(VENV)/bin/python -m pytest -q
+# ---- end install, models, index, demo, tests ----
