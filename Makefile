@@ -1,3 +1,5 @@
+.DEFAULT_GOAL := help
+
 # ---- fleet: local processes and Compose checks (deploy/) ----
 # The .venv interpreter when there is one, so honcho and uvicorn come from it.
 PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
@@ -68,3 +70,7 @@ demo: install ## install, index the demo catalog, start the fleet, search street
 test: install-dev ## run the test suite (starts its own services; needs Redis on 127.0.0.1:6379)
 	$(VENV)/bin/python -m pytest -q
 # ---- end install, models, index, demo, tests ----
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  %-14s %s\n", $$1, $$2}'

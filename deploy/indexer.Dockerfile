@@ -1,0 +1,38 @@
+# syntax=docker/dockerfile:1
+# Indexing job, run once: builds the catalog manifest, then the index, into the index volume.
+# Build from the repository root: docker build -f deploy/indexer.Dockerfile .
+
+# hnswlib publishes only source, so every wheel is built in this stage, which
+# has a compiler; the final image stays slim and installs the wheels offline.
+FROM python:3.11-slim AS wheels
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends build-essential \
+ && rm -rf /var/lib/apt/lists/*
+COPY requirements/serve.txt /tmp/serve.txt
+RUN pip wheel --no-cache-dir --wheel-dir /wheels -r /tmp/serve.txt
+
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY requirements/serve.txt /tmp/serve.txt
+# A bind mount, not a COPY, so the wheels do not stay in a layer of the image.
+RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index --find-links /wheels -r /tmp/serve.txt
+WORKDIR /app
+COPY shared/ shared/
+COPY services/__init__.py services/__init__.py
+COPY services/indexer/ services/indexer/
+# shared/datasets.py reads the held-out split from splits/
+COPY splits/ splits/
+# Model paths default to the repository layout under /app (Compose mounts
+# models/ there). The index volume goes on /data/index, not on var/index: the
+# indexing job publishes by renaming a folder, which cannot be done to a mount
+# point. A new named volume takes the owner of the folder it is mounted on.
+RUN useradd --system --uid 10001 --home-dir /app app \
+ && mkdir -p var /data/index \
+ && chown app:app var /data/index
+USER app
+# Both steps in one container: the manifest is scratch, only the index is kept.
+# DATASETS_DIR names the catalog dataset mount; INDEX_OUT is a folder inside
+# the index volume, so the job's staging folder sits on the same file system.
+ENV DATASETS_DIR=/datasets INDEX_OUT=/data/index/current
+CMD ["sh", "-c", "python -m services.indexer.adapters --out var/catalog/manifest.jsonl && exec python -m services.indexer --manifest var/catalog/manifest.jsonl --out \"$INDEX_OUT\""]
