@@ -4,9 +4,9 @@
     python -m training.train_detector --epochs 3 --init runs/detector/checkpoint.pt \
         --catalog-pseudo runs/pseudo_boxes.json --run-dir runs/detector-catalog
 
-Trains on the street photos outside the held-out split: boxes derived from
-clothing-co-parsing masks and colorful-fashion VOC boxes; with
-``--catalog-pseudo`` also on catalog photos with pseudo-boxes. A tenth of the
+Trains on the street photos outside the held-out split, with boxes derived
+from clothing-co-parsing masks and colorful-fashion VOC boxes. With
+``--catalog-pseudo`` it also trains on catalog photos with pseudo-boxes. A tenth of the
 training photos is kept apart for per-epoch validation (mAP@0.5). Runs resume
 from ``RUN_DIR/checkpoint.pt``.
 """
@@ -78,7 +78,7 @@ def split_samples(args: argparse.Namespace):
 
 
 def limited_street_samples(limit: int) -> dict[str, list]:
-    """The first ``limit`` photos of each street set, read directly (smoke runs)."""
+    """Read the first ``limit`` photos of each street set directly (smoke runs)."""
     root = datasets.datasets_dir()
     ccp_ids = sorted(p.stem for p in (root / datasets.CCP / "annotations" / "pixel-level").glob("*.mat"))[:limit]
     colorful_ids = sorted(p.stem for p in (root / datasets.COLORFUL / "Annotations").glob("*.xml"))[:limit]

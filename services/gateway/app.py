@@ -5,7 +5,7 @@ item in it, the nearest catalog products; ``GET /products/{id}`` and
     uvicorn services.gateway.app:app --port 8000
 
 A photo arrives as multipart (field ``image``), as JSON with ``image_base64``,
-or as the raw body with an ``image/*`` content type; options come as form
+or as the raw body with an ``image/*`` content type. Options come as form
 fields, JSON keys or query parameters respectively.
 """
 

@@ -1,5 +1,5 @@
 """The index metadata the gateway reads from the index volume: the routing
-file (which shard holds which index key) and the product records."""
+file (which shard serves which index key) and the product records."""
 
 from __future__ import annotations
 

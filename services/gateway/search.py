@@ -80,7 +80,7 @@ class SearchOptions(BaseModel):
 
 
 class BadRegion(ValueError):
-    """The requested region does not fit the photo or its class cannot be told."""
+    """The requested region lies outside the photo, or its class cannot be determined."""
 
 
 @dataclass
@@ -138,7 +138,7 @@ async def run_search(context: SearchContext, image: Image.Image, options: Search
 
 
 def select_items(detection: dict[str, Any], image: Image.Image, options: SearchOptions, settings: GatewaySettings) -> list[Item]:
-    """The items to search: the client's region, or the best detections."""
+    """Choose the items to search: the client's region, or the best detections."""
     detected = [Item(np.asarray(d["box"], np.float32), d["label"], float(d["score"])) for d in detection.get("items", [])]
     if options.region is not None:
         return [region_item(options, detected, image)]
@@ -169,7 +169,7 @@ def region_item(options: SearchOptions, detected: list[Item], image: Image.Image
 
 
 def assign_wearers(items: list[Item], persons: list[dict], options: SearchOptions, settings: GatewaySettings) -> None:
-    """Give each item the person whose box holds most of it, and that person's gender."""
+    """Give each item the person whose box contains most of it, and that person's gender."""
     person_boxes = np.asarray([p["box"] for p in persons], np.float32).reshape(-1, 4)
     for item in items:
         if len(person_boxes):
