@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 # Crops are cut with this margin around the box, as the gateway cuts them.
 CROP_MARGIN = 0.08
 IGNORE = -1
+WORN_ON_MODEL = frozenset({"top", "bottom", "dress"})
 
 
 def palette_colour(pixels: np.ndarray) -> str | None:
@@ -123,7 +124,9 @@ def build_wearer_set(rows: list[datasets.CatalogRow], size: int, views: int, poo
     images, labels, ids = [], [], []
     for row in tqdm(rows, desc="wearer crops", mininterval=10):
         wearer = taxonomy.GENDER_TO_WEARER[row.gender]
-        if wearer is None:
+        # Only garments are photographed on a model; shoes, bags and watches
+        # usually stand alone, where the gender label says nothing about a person.
+        if wearer is None or row.high_level not in WORN_ON_MODEL:
             continue
         image = Image.open(row.path).convert("RGB")
         pixels = np.asarray(image)

@@ -72,7 +72,13 @@ def catalog_samples(pseudo_path: Path) -> list[DetectionSample]:
         if not record["boxes"]:
             continue
         boxes = np.asarray(record["boxes"], dtype=np.float32).reshape(-1, 4)
-        labels = np.array([CLASS_INDEX[name] for name in record["classes"]], dtype=np.int64)
+        classes = list(record["classes"])
+        # The product's own box may score below the pseudo-box threshold; it
+        # is still the item this photo is about, so it is always kept.
+        if record["box_source"] == "detected" and record["high_level"] not in classes and record["high_level"] in CLASS_INDEX:
+            boxes = np.concatenate([boxes, np.asarray([record["box"]], dtype=np.float32)])
+            classes.append(record["high_level"])
+        labels = np.array([CLASS_INDEX[name] for name in classes], dtype=np.int64)
         path = root / datasets.CATALOG / "images" / f"{record['product_id']}.jpg"
         samples.append(DetectionSample(path, boxes, labels, source=datasets.CATALOG, photo_id=record["product_id"]))
     return samples

@@ -219,10 +219,38 @@ def main(argv: list[str] | None = None) -> None:
     for run in sorted(Path("runs").glob("*/curves.png")):
         shutil.copy(run, FIGURES / f"curves-{run.parent.name}.png")
 
+    record_in_cards(args.models, report)
     REPORTS.mkdir(exist_ok=True)
     (REPORTS / "models.json").write_text(json.dumps(report, indent=2) + "\n")
     (REPORTS / "models.md").write_text(render_markdown(report))
     log.info("wrote reports/models.json and reports/models.md")
+
+
+def record_in_cards(models: Path, report: dict) -> None:
+    """Copy each model's held-out figures into its card, so the card carries them."""
+    from training.export import write_card
+
+    detection = report["detection"]
+    figures = {
+        models / "detector": {
+            "map50": detection["map50"],
+            "map50_classes_with_30_training_photos": detection["map50_classes_with_30_training_photos"],
+            "map50_95": detection["map50_95"],
+            "per_class_map50": {name: value["map50"] for name, value in detection["per_class"].items()},
+            "catalog_own_class_detected": report["catalog_own_class_detected"]["share"],
+            "latency_ms_per_photo": report.get("latency", {}).get("detector_ms_per_photo"),
+        },
+        models / "wearer": report.get("wearer"),
+    }
+    for category, result in report["classification"].items():
+        figures[models / "classifiers" / category] = result
+    for folder, heldout in figures.items():
+        card_path = folder / "card.json"
+        if heldout is None or not card_path.exists():
+            continue
+        card = json.loads(card_path.read_text())
+        card["heldout"] = heldout
+        write_card(folder, card, "Held-out figures (`heldout` in card.json):\n\n```json\n" + json.dumps(heldout, indent=1)[:1500] + "\n```")
 
 
 def render_markdown(report: dict) -> str:

@@ -45,6 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="model folder to write detector.onnx and its card into")
     parser.add_argument("--init", type=Path, default=None, help="checkpoint whose model weights start this run")
     parser.add_argument("--catalog-pseudo", type=Path, default=None, help="pseudo-box JSON of catalog photos to add")
+    parser.add_argument("--catalog-limit", type=int, default=0, help="add at most this many catalog photos (0: all)")
     parser.add_argument("--limit", type=int, default=0, help="use only this many training photos (smoke runs)")
     parser.add_argument("--max-steps", type=int, default=0, help="stop each epoch after this many steps (smoke runs)")
     parser.add_argument("--seed", type=int, default=0)
@@ -69,6 +70,9 @@ def split_samples(args: argparse.Namespace):
     if args.catalog_pseudo:
         heldout = datasets.heldout_ids(datasets.CATALOG)
         catalog = [s for s in catalog_samples(args.catalog_pseudo) if s.photo_id not in heldout]
+        rng.shuffle(catalog)
+        if args.catalog_limit:
+            catalog = catalog[: args.catalog_limit]
         log.info("adding %d catalog photos with pseudo-boxes", len(catalog))
         train.extend(catalog)
     rng.shuffle(train)
