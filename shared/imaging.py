@@ -43,3 +43,35 @@ def square_crop(image: Image.Image, box: np.ndarray, size: int) -> np.ndarray:
     crop = image.crop((x1, y1, x2, y2))
     canvas, _ = letterbox(crop, size, size)
     return canvas
+
+
+# A catalog pixel is studio background when every channel is at least this bright.
+NEAR_WHITE = 235
+# Below this score the detector's box on a catalog photo is not trusted: on
+# white studio photos its low-scoring boxes are often parts of the product.
+CONFIDENT_PRODUCT_SCORE = 0.5
+
+
+def foreground_box(pixels: np.ndarray) -> np.ndarray | None:
+    """Return the bounding box of the non-white pixels of a catalog photo, or None."""
+    rows = np.flatnonzero((pixels.min(axis=2) < NEAR_WHITE).any(axis=1))
+    if len(rows) == 0:
+        return None
+    cols = np.flatnonzero((pixels.min(axis=2) < NEAR_WHITE).any(axis=0))
+    return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=np.float32)
+
+
+def catalog_product_box(pixels: np.ndarray, own_box: np.ndarray | None, own_score: float | None) -> tuple[np.ndarray, str]:
+    """Choose the crop box of a catalog product: the detector's box of the
+    product's class when it is confident, else the box of the photo's non-white
+    pixels (which is the product when it is shown alone), else the whole photo.
+
+    Returns the box and its source: "detected", "foreground" or "whole photo".
+    """
+    height, width = pixels.shape[:2]
+    if own_box is not None and own_score is not None and own_score >= CONFIDENT_PRODUCT_SCORE:
+        return np.asarray(own_box, dtype=np.float32), "detected"
+    box = foreground_box(pixels)
+    if box is not None and (box[2] - box[0]) >= 8 and (box[3] - box[1]) >= 8:
+        return box, "foreground"
+    return np.array([0, 0, width, height], dtype=np.float32), "whole photo"

@@ -192,7 +192,7 @@ def test_end_to_end_outputs(indexed):
     products = [json.loads(line) for line in (out / "products.jsonl").read_text().splitlines()]
     assert sorted(p["product_id"] for p in products) == sorted(row["id"] for row in rows)
     for product in products:
-        assert product["box_source"] in ("detected", "whole photo")
+        assert product["box_source"] in ("detected", "foreground", "whole photo")
         x1, y1, x2, y2 = product["box"]
         assert x2 > x1
         assert y2 > y1

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from shared import datasets, taxonomy
 from shared.boxes import expand_box
-from shared.imaging import square_crop
+from shared.imaging import catalog_product_box, square_crop
 from training.augment import BackgroundPool, blend_onto
 
 log = logging.getLogger(__name__)
@@ -73,14 +73,15 @@ def catalog_item_labels(row: datasets.CatalogRow, category: str) -> dict[str, in
 
 
 def build_category_set(
-    category: str, rows: list[datasets.CatalogRow], boxes: dict[str, list[float]],
+    category: str, rows: list[datasets.CatalogRow], boxes: dict[str, tuple[list[float] | None, float | None]],
     street_photos: list[datasets.StreetPhoto], size: int, views: int, pool: BackgroundPool,
 ) -> CropSet:
     """Render the crops of one category: catalog rows first, then street items."""
     images, labels, sources, ids = [], {t: [] for t in ("type", "colour", "usage", "pattern", "season")}, [], []
     for row in tqdm(rows, desc=f"{category} catalog crops", mininterval=10):
         image = Image.open(row.path).convert("RGB")
-        box = np.asarray(boxes.get(row.product_id, [0, 0, image.width, image.height]), dtype=np.float32)
+        own_box, own_score = boxes.get(row.product_id, (None, None))
+        box, _ = catalog_product_box(np.asarray(image), own_box, own_score)
         crop = square_crop(image, expand_box(box, CROP_MARGIN, image.width, image.height), size)
         augmented = [blend_onto(crop, pool.sample()) for _ in range(views - 1)]
         images.append(np.stack([crop, *augmented]))
@@ -153,12 +154,14 @@ def load_crop_set(path: Path) -> CropSet:
     return CropSet(data["images"], labels, data["source"], list(data["item_ids"]))
 
 
-def load_catalog_boxes(path: Path | None) -> dict[str, list[float]]:
-    """Product boxes from ``training.catalog_boxes``; empty (whole photos) without one."""
+def load_catalog_boxes(path: Path | None) -> dict[str, tuple[list[float] | None, float | None]]:
+    """Map product id to (detected box, score) from ``training.catalog_boxes``;
+    empty without that file, so crops fall back to the photos' non-white pixels."""
     if path is None or not path.exists():
-        log.warning("no catalog boxes at %s: classifier crops fall back to whole photos", path)
+        log.warning("no catalog boxes at %s: crops use each photo's non-white pixels", path)
         return {}
-    return {r["product_id"]: r["box"] for r in json.loads(path.read_text())["records"]}
+    records = json.loads(path.read_text())["records"]
+    return {r["product_id"]: (r["box"], r["score"]) if r["box_source"] == "detected" else (None, None) for r in records}
 
 
 def split_rows(rows: list[datasets.CatalogRow], seed: int) -> tuple[list, list, list]:

@@ -33,6 +33,7 @@ class DetectionSample:
     ignore_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     source: str = ""
     photo_id: str = ""
+    product_class: str = ""  # catalog photos: the product's high-level class
 
 
 def street_samples(cache_dir: Path) -> dict[str, list[DetectionSample]]:
@@ -69,8 +70,6 @@ def catalog_samples(pseudo_path: Path) -> list[DetectionSample]:
     root = datasets.datasets_dir()
     samples = []
     for record in records:
-        if not record["boxes"]:
-            continue
         boxes = np.asarray(record["boxes"], dtype=np.float32).reshape(-1, 4)
         classes = list(record["classes"])
         # The product's own box may score below the pseudo-box threshold; it
@@ -78,10 +77,34 @@ def catalog_samples(pseudo_path: Path) -> list[DetectionSample]:
         if record["box_source"] == "detected" and record["high_level"] not in classes and record["high_level"] in CLASS_INDEX:
             boxes = np.concatenate([boxes, np.asarray([record["box"]], dtype=np.float32)])
             classes.append(record["high_level"])
-        labels = np.array([CLASS_INDEX[name] for name in classes], dtype=np.int64)
         path = root / datasets.CATALOG / "images" / f"{record['product_id']}.jpg"
-        samples.append(DetectionSample(path, boxes, labels, source=datasets.CATALOG, photo_id=record["product_id"]))
+        if record["box_source"] != "detected" and taxonomy.PERSON not in classes and record["high_level"] in CLASS_INDEX:
+            # A product shown alone on white (shoes, a belt, a watch): its
+            # non-white pixels are the product, so their bounding box is its box.
+            box = product_alone_box(path)
+            if box is None:
+                continue
+            boxes = np.concatenate([boxes, box[None]])
+            classes.append(record["high_level"])
+        if not classes:
+            continue
+        labels = np.array([CLASS_INDEX[name] for name in classes], dtype=np.int64)
+        samples.append(DetectionSample(path, boxes, labels, source=datasets.CATALOG, photo_id=record["product_id"], product_class=record["high_level"]))
     return samples
+
+
+def product_alone_box(path: Path) -> np.ndarray | None:
+    """Return the bounding box of a catalog photo's non-white pixels, or None
+    when they fill nearly the whole photo (then it is not a product alone)."""
+    from shared.boxes import mask_bbox
+    from training.augment import foreground_mask
+
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    box = mask_bbox(foreground_mask(pixels) > 0)
+    if box is None:
+        return None
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    return None if area > 0.9 * pixels.shape[0] * pixels.shape[1] else box
 
 
 class DetectionDataset(torch.utils.data.Dataset):

@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="model folder to write detector.onnx and its card into")
     parser.add_argument("--init", type=Path, default=None, help="checkpoint whose model weights start this run")
     parser.add_argument("--catalog-pseudo", type=Path, default=None, help="pseudo-box JSON of catalog photos to add")
-    parser.add_argument("--catalog-limit", type=int, default=0, help="add at most this many catalog photos (0: all)")
+    parser.add_argument("--catalog-per-class", type=int, default=0, help="add at most this many catalog photos per product class (0: all)")
     parser.add_argument("--limit", type=int, default=0, help="use only this many training photos (smoke runs)")
     parser.add_argument("--max-steps", type=int, default=0, help="stop each epoch after this many steps (smoke runs)")
     parser.add_argument("--seed", type=int, default=0)
@@ -71,8 +71,15 @@ def split_samples(args: argparse.Namespace):
         heldout = datasets.heldout_ids(datasets.CATALOG)
         catalog = [s for s in catalog_samples(args.catalog_pseudo) if s.photo_id not in heldout]
         rng.shuffle(catalog)
-        if args.catalog_limit:
-            catalog = catalog[: args.catalog_limit]
+        if args.catalog_per_class:
+            # Tops are half the catalog; a cap per class keeps rarer classes visible.
+            taken: dict[str, int] = {}
+            capped = []
+            for sample in catalog:
+                if taken.get(sample.product_class, 0) < args.catalog_per_class:
+                    taken[sample.product_class] = taken.get(sample.product_class, 0) + 1
+                    capped.append(sample)
+            catalog = capped
         log.info("adding %d catalog photos with pseudo-boxes", len(catalog))
         train.extend(catalog)
     rng.shuffle(train)

@@ -33,6 +33,7 @@ from services.indexer.indexfiles import IndexGroup, check_replaceable, publish, 
 from services.indexer.manifest import ManifestRow, read_manifest
 from shared.boxes import expand_box
 from shared.imagecodec import InvalidImage, decode_image
+from shared.imaging import catalog_product_box
 from shared.inference import Classifier, Detector, ModelLoadError
 from shared.routing import INDEX_SPACE
 from shared.settings import repo_path
@@ -65,26 +66,26 @@ class Embedded:
 class JobReport:
     rows_read: int = 0
     skipped: Counter = field(default_factory=Counter)
-    whole_photo: Counter = field(default_factory=Counter)
-    detected: Counter = field(default_factory=Counter)
+    # Per box source ("detected", "foreground", "whole photo"), products per class.
+    box_sources: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
     duplicates_removed: dict[str, int] = field(default_factory=dict)
 
 
 # --- detection and embedding ------------------------------------------------------
 
 
-def choose_box(detections, high_level: str, floor: float, width: int, height: int) -> tuple[np.ndarray, str]:
-    """Pick the most confident detection of the class, or fall back to the whole photo.
+def choose_box(detections, high_level: str, floor: float, pixels: np.ndarray) -> tuple[np.ndarray, str]:
+    """Pick the product's box: the best confident detection of its class, else
+    the box of the photo's non-white pixels, else the whole photo.
 
-    Catalog photos show one product, so the best box of its class is the product.
-    A photo where the detector finds none (a close-up, a folded item) is still
-    worth indexing whole.
+    Catalog photos show one product, so the best box of its class is the
+    product when the detector is sure of it. A product shown alone on white
+    (shoes, a watch) is often missed or cut into parts by the detector, and
+    there its non-white pixels are the product.
     """
     matching = [d for d in detections if d.label == high_level and d.score >= floor]
-    if matching:
-        best = max(matching, key=lambda d: d.score)
-        return np.asarray(best.box, dtype=np.float32), "detected"
-    return np.array([0, 0, width, height], dtype=np.float32), "whole photo"
+    best = max(matching, key=lambda d: d.score) if matching else None
+    return catalog_product_box(pixels, best.box if best else None, best.score if best else None)
 
 
 def load_image(path: Path) -> Image.Image:
@@ -112,8 +113,8 @@ def embed_batch(
     detections = detector.detect(images, score_threshold=floor)
     crops, boxes = [], []
     for row, image, found in zip(kept, images, detections):
-        box, source = choose_box(found, row.high_level, floor, image.width, image.height)
-        (report.detected if source == "detected" else report.whole_photo)[row.high_level] += 1
+        box, source = choose_box(found, row.high_level, floor, np.asarray(image))
+        report.box_sources[source][row.high_level] += 1
         box = expand_box(box, BOX_MARGIN, image.width, image.height)
         crops.append(classifier.crop(image, box))
         boxes.append((box, source))
@@ -276,8 +277,7 @@ def run(args: argparse.Namespace) -> dict:
             "rows_read": report.rows_read,
             "skipped": dict(sorted(report.skipped.items())),
             "indexed": len(products),
-            "detected": dict(sorted(report.detected.items())),
-            "whole_photo_fallback": dict(sorted(report.whole_photo.items())),
+            "box_sources": {source: dict(sorted(counts.items())) for source, counts in sorted(report.box_sources.items())},
             "duplicates_removed": sum(report.duplicates_removed.values()),
             "duplicates_removed_by_key": dict(sorted(report.duplicates_removed.items())),
             "keys": len(groups),
@@ -305,11 +305,13 @@ def format_summary(summary: dict, out: Path) -> str:
     skipped = summary["skipped"]
     lines.append(f"  skipped             {sum(skipped.values())}")
     lines.extend(f"    {count:6d}  {reason}" for reason, count in skipped.items())
-    if summary["whole_photo_fallback"]:
-        lines.append("  whole photo used (no detection of the product's class):")
-        for category, count in summary["whole_photo_fallback"].items():
-            total = count + summary["detected"].get(category, 0)
-            lines.append(f"    {category:10s} {count} of {total}")
+    sources = summary["box_sources"]
+    categories = sorted({c for counts in sources.values() for c in counts})
+    if categories:
+        lines.append("  product box source per class (detected / non-white pixels / whole photo):")
+        for category in categories:
+            counts = [sources.get(source, {}).get(category, 0) for source in ("detected", "foreground", "whole photo")]
+            lines.append(f"    {category:10s} {counts[0]} / {counts[1]} / {counts[2]}")
     lines.append("  items per shard     " + ", ".join(f"{shard} {count}" for shard, count in summary["shard_items"].items()))
     lines.append(f"  seconds             {summary['seconds']}")
     return "\n".join(lines)
