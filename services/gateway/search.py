@@ -20,7 +20,7 @@ from services.gateway.catalog import IndexMetadata
 from services.gateway.clients import Downstream, DownstreamError
 from services.gateway.settings import GatewaySettings
 from shared import taxonomy
-from shared.boxes import box_area, expand_box
+from shared.boxes import box_area, expand_box, nms
 from shared.imaging import square_crop
 from shared.service import stage_timer
 from shared.wire import decode_vector
@@ -146,7 +146,18 @@ def select_items(detection: dict[str, Any], image: Image.Image, options: SearchO
     if options.classes:
         items = [d for d in items if d.label in options.classes]
     items.sort(key=lambda d: -d.score)
+    items = suppress_overlapping_classes(items, settings.cross_class_iou)
     return items[: options.max_items or settings.default_max_items]
+
+
+def suppress_overlapping_classes(items: list[Item], iou_threshold: float) -> list[Item]:
+    """Keep one class per region: the detector's NMS runs per class, so one
+    garment can come back as both a top (0.7) and a suit (0.4)."""
+    if len(items) < 2:
+        return items
+    boxes = np.stack([item.box for item in items])
+    keep = nms(boxes, np.array([item.score for item in items], np.float32), iou_threshold)
+    return [items[i] for i in sorted(keep)]
 
 
 def region_item(options: SearchOptions, detected: list[Item], image: Image.Image) -> Item:
