@@ -270,7 +270,7 @@ def render_markdown(report: dict) -> str:
         f"- mAP@0.5, classes with at least 30 training photos: **{detection['map50_classes_with_30_training_photos']:.3f}**",
         f"- mAP@0.5:0.95: {detection['map50_95']:.3f}",
         f"- colorful-fashion held-out mAP@0.5 (footwear ignored, other convention): {report['detection_colorful']['map50']:.3f}",
-        f"- held-out catalog photos in which the product's own class is detected: "
+        f"- held-out catalog photos in which the product's own class is detected (score at least 0.2): "
         f"{report['catalog_own_class_detected']['share']:.1%}",
         "",
         "| class | AP@0.5 | held-out instances | training photos | catalog own-class detected |",

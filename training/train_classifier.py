@@ -214,7 +214,7 @@ def street_photos_by_part(root: Path, seed: int, limit: int = 0) -> dict[str, li
     """Street photos split into train, validation (a tenth of the rest) and held-out."""
     parts: dict[str, list[datasets.StreetPhoto]] = {"train": [], "validation": [], "heldout": []}
     for dataset, reader in ((datasets.CCP, datasets.read_ccp), (datasets.COLORFUL, datasets.read_colorful)):
-        photos = reader(root) if not limit else reader(root, _first_ids(root, dataset, limit))
+        photos = cached_street_photos(root, dataset, reader) if not limit else reader(root, _first_ids(root, dataset, limit))
         heldout = datasets.heldout_ids(dataset)
         rest = [p for p in photos if p.photo_id not in heldout]
         random.Random(seed).shuffle(rest)
@@ -223,6 +223,24 @@ def street_photos_by_part(root: Path, seed: int, limit: int = 0) -> dict[str, li
         parts["train"].extend(rest[cut:])
         parts["heldout"].extend(p for p in photos if p.photo_id in heldout)
     return parts
+
+
+def cached_street_photos(root: Path, dataset: str, reader) -> list[datasets.StreetPhoto]:
+    """Read a street set once and keep it in a pickle: deriving the boxes of
+    854 masks takes most of a minute, and every category needs them."""
+    import pickle
+
+    cache = CACHE.parent / f"street-photos-{dataset}.pkl"
+    if cache.exists():
+        with open(cache, "rb") as handle:
+            cached = pickle.load(handle)
+        if cached["root"] == str(root):
+            return cached["photos"]
+    photos = reader(root)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache, "wb") as handle:
+        pickle.dump({"root": str(root), "photos": photos}, handle)
+    return photos
 
 
 def _first_ids(root: Path, dataset: str, count: int) -> list[str]:
