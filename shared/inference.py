@@ -112,7 +112,8 @@ class Detector:
 
 @dataclass
 class ClassifierOutput:
-    """Per-crop outputs: task probabilities, L2-normalised embeddings, task features."""
+    """Per-crop outputs: task probabilities, L2-normalised (and centred, where the
+    card gives a centre) embeddings, and task features."""
 
     probabilities: dict[str, np.ndarray]
     embeddings: np.ndarray
@@ -129,6 +130,10 @@ class Classifier:
         self.input_size: int = self.card["input"]["width"]
         self.tasks: dict[str, list[str]] = self.card["tasks"]
         self.embedding_size: int = self.card["embedding_size"]
+        # Subtracting the category's mean embedding spreads apart products that
+        # the raw pooled features place close together (see the card).
+        center = self.card.get("embedding_center")
+        self.embedding_center = np.asarray(center, dtype=np.float32) if center is not None else None
 
     def crop(self, image: Image.Image, box: np.ndarray) -> np.ndarray:
         """Cut a box out of an RGB photo as this model's square uint8 input."""
@@ -143,4 +148,8 @@ class Classifier:
         names = [f"{task}_probabilities" for task in self.tasks] + ["embedding", "task_features"]
         outputs = self.session.run(names, {"images": batch})
         probabilities = dict(zip(self.tasks, outputs[: len(self.tasks)]))
-        return ClassifierOutput(probabilities, outputs[-2], outputs[-1])
+        embeddings = outputs[-2]
+        if self.embedding_center is not None:
+            embeddings = embeddings - self.embedding_center
+            embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+        return ClassifierOutput(probabilities, embeddings.astype(np.float32), outputs[-1])

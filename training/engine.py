@@ -64,8 +64,9 @@ class RunDirectory:
 
         records = self.read_log()
         keys = sorted({k for r in records for k, v in r.items() if isinstance(v, (int, float)) and k not in ("epoch", "time")})
-        losses = [k for k in keys if "loss" in k]
-        others = [k for k in keys if k not in losses and k != "lr" and not k.endswith("seconds")]
+        # Training figures (losses) on the left, validation metrics on the right.
+        losses = [k for k in keys if k.startswith("train_") and not k.endswith("seconds")]
+        others = [k for k in keys if k.startswith("val_")]
         figure, axes = plt.subplots(1, 2, figsize=(11, 4))
         for ax, group, label in ((axes[0], losses, "loss"), (axes[1], others, "validation metric")):
             for key in group:

@@ -28,6 +28,7 @@ from training import export
 from training.classifier_data import (
     IGNORE, CropSet, build_category_set, load_catalog_boxes, load_crop_set, save_crop_set, split_rows,
 )
+from training.embedding_center import store_center
 from training.engine import RunDirectory, check_finite
 from training.nets import NORMALISATION, ClassifierForExport, MultiTaskClassifier, freeze_batch_norm
 
@@ -287,6 +288,7 @@ def main(argv: list[str] | None = None) -> None:
                 "validation": {k: v for k, v in last.items() if k.startswith("val_")},
             },
         }, args.size)
+        store_center(args.out, train_set.images[train_set.source == "catalog", 0])
 
 
 if __name__ == "__main__":

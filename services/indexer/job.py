@@ -234,7 +234,7 @@ def run(args: argparse.Namespace) -> dict:
     detector, classifiers = load_models(Path(args.models), set(by_category), args.threads)
 
     embedded: list[Embedded] = []
-    with tqdm(total=len(manifest.rows), desc="indexing", unit="photo", disable=None) as progress:
+    with tqdm(total=len(manifest.rows), desc="indexing", unit="photo", mininterval=10) as progress:
         for category, rows in sorted(by_category.items()):
             for start in range(0, len(rows), args.batch_size):
                 batch = rows[start : start + args.batch_size]
