@@ -77,7 +77,7 @@ def main() -> None:
         "",
         f"Written by `scripts/bench_search.py` on {report['machine']}, the whole fleet running as local processes",
         f"(`make up`, one ONNX Runtime thread per process). {report['requests']} held-out street photos "
-        f"({', '.join(report['photo_sizes'])}), each sent once, one request at a time.",
+        f"({report['photo_sizes'][0]} to {report['photo_sizes'][-1]}), each sent once, one request at a time.",
         "",
         f"- search latency p50: **{report['search_ms']['p50']:.0f} ms**, p95 {report['search_ms']['p95']:.0f} ms",
         "- p50 per gateway stage (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in report["gateway_stage_ms_p50"].items()),

@@ -53,7 +53,7 @@ def test_merge_sorts_and_drops_repeats():
     products = {
         "1": {"title": "Red Shirt", "fine_class": "shirt"},
         "2": {"title": "Blue Shirt", "fine_class": "shirt"},
-        "3": {"title": "Blue Shirt", "fine_class": "shirt"},
+        "3": {"title": "Blue  shirt", "fine_class": "shirt"},
     }
     hits = [
         {"product_id": "2", "distance": 0.2, "key": "a"},

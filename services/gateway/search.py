@@ -299,13 +299,14 @@ async def search_items(context: SearchContext, items: list[Item], results_per_it
 
 def merge_hits(hits: list[dict], index: IndexMetadata, limit: int) -> list[dict]:
     """Sort by distance and drop repeated products: the same id, or the same
-    title and image at the same distance (a product listed twice)."""
+    title (the catalog lists some products several times under new ids, with
+    photos too different for the indexer's near-duplicate removal)."""
     merged, seen_ids, seen_titles = [], set(), set()
     for hit in sorted(hits, key=lambda h: h["distance"]):
         product = index.products.get(str(hit["product_id"]))
         if product is None or hit["product_id"] in seen_ids:
             continue
-        title_key = (product.get("title"), round(float(hit["distance"]), 4))
+        title_key = " ".join(str(product.get("title") or hit["product_id"]).lower().split())
         if title_key in seen_titles:
             continue
         seen_ids.add(hit["product_id"])

@@ -47,7 +47,7 @@ class GatewaySettings(ServiceSettings, ImageLimits):
     redis_timeout_seconds: float = Field(0.25, gt=0, description="timeout of one Redis call")
     top_fine_classes: int = Field(2, ge=1, le=5, description="fine classes of a crop whose indices are searched")
     fine_class_floor: float = Field(0.15, ge=0, le=1, description="a fine class below this probability is not searched (the best one always is)")
-    wearer_min_probability: float = Field(0.6, gt=0, le=1, description="below this, the wearer's gender is uncertain and no gender filter applies")
+    wearer_min_probability: float = Field(0.7, gt=0, le=1, description="below this, the wearer's gender is uncertain and no gender filter applies")
     crop_margin: float = Field(0.08, ge=0, le=0.5, description="margin added around each box before cropping, as a share of its size")
     min_item_score: float = Field(0.3, ge=0, le=1, description="detections below this score are not searched")
     cross_class_iou: float = Field(0.7, gt=0, le=1, description="of two items of different classes overlapping this much, only the higher-scoring is searched")
