@@ -54,7 +54,7 @@ def test_classifier_smoke_run(tmp_path):
 def test_wearer_smoke_run(tmp_path):
     out = tmp_path / "wearer"
     train_wearer.main([
-        "--limit", "16", "--epochs", "1", "--views", "2",
+        "--limit", "40", "--epochs", "1", "--views", "2",
         "--run-dir", str(tmp_path / "run"), "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
     ])
     wearer = Classifier(out)

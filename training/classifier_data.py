@@ -139,7 +139,8 @@ def build_wearer_set(rows: list[datasets.CatalogRow], size: int, views: int, poo
         images.append(np.stack([crop, *augmented]))
         labels.append(taxonomy.WEARER_CLASSES.index(wearer))
         ids.append(row.product_id)
-    return CropSet(np.stack(images), {"wearer": np.asarray(labels, dtype=np.int64)}, np.asarray(["catalog"] * len(ids)), ids)
+    stacked = np.stack(images) if images else np.zeros((0, views, size, size, 3), np.uint8)
+    return CropSet(stacked, {"wearer": np.asarray(labels, dtype=np.int64)}, np.asarray(["catalog"] * len(ids)), ids)
 
 
 def save_crop_set(crop_set: CropSet, path: Path) -> None:
