@@ -40,7 +40,7 @@ install: $(VENV)/bin/python ## serving, the local runner and the demo (no torch)
 install-dev: $(VENV)/bin/python ## everything: serving, training and tests
 	$(VENV)/bin/pip install --quiet -r requirements/dev.txt
 
-models: ## retrain every committed model from scratch (hours on 2 CPU cores)
+models: ## retrain every committed model from scratch (about an hour on 2 CPU cores)
 	$(VENV)/bin/python -m training.train_detector --epochs $(DETECTOR_EPOCHS) --run-dir runs/detector --out models/detector
 	$(VENV)/bin/python -m training.catalog_boxes --detector models/detector --out runs/catalog_boxes.json
 	for category in $(CATEGORIES); do \

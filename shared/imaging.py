@@ -8,7 +8,7 @@ from PIL import Image
 
 from shared.boxes import Letterbox, letterbox_geometry
 
-# Letterbox padding: mid-grey, which the (x / 255 - 0.5) / 0.5 scaling maps to 0.
+# Letterbox padding: mid-grey, which the (x / 255 - 0.5) / 0.5 scaling maps to about 0.
 PAD_VALUE = 127
 
 

@@ -14,9 +14,8 @@ import numpy as np
 from PIL import Image
 
 from shared import datasets
+from shared.imaging import NEAR_WHITE
 
-# A pixel is background when every channel is at least this bright.
-NEAR_WHITE = 235
 DILATION_PIXELS = 3
 
 
