@@ -80,3 +80,21 @@ def test_invalid_options_rejected(options, word):
     with pytest.raises(ValidationError) as error:
         SearchOptions.model_validate(options)
     assert word in str(error.value)
+
+
+def test_keys_widen_gender_before_fine_class():
+    settings = GatewaySettings(top_fine_classes=2, fine_class_floor=0.15)
+    index = make_index(["bottom/skirt/women", "bottom/leggings/men"])
+    item = classified("bottom", [("skirt", 0.98), ("leggings", 0.01)], genders=("men", "unisex"))
+    assert keys_for_item(item, index, settings) == ["bottom/skirt/women"]
+
+
+def test_nested_box_of_same_class_dropped():
+    from services.gateway.search import suppress_nested_same_class
+
+    pair = Item(np.array([100, 700, 300, 800], np.float32), "footwear", 0.6)
+    inner = Item(np.array([110, 710, 190, 790], np.float32), "footwear", 0.5)
+    other_shoe = Item(np.array([400, 700, 480, 790], np.float32), "footwear", 0.4)
+    bag_inside = Item(np.array([120, 720, 180, 780], np.float32), "bag", 0.45)
+    kept = suppress_nested_same_class([pair, inner, bag_inside, other_shoe])
+    assert kept == [pair, bag_inside, other_shoe]

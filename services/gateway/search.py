@@ -147,7 +147,28 @@ def select_items(detection: dict[str, Any], image: Image.Image, options: SearchO
         items = [d for d in items if d.label in options.classes]
     items.sort(key=lambda d: -d.score)
     items = suppress_overlapping_classes(items, settings.cross_class_iou)
+    items = suppress_nested_same_class(items)
     return items[: options.max_items or settings.default_max_items]
+
+
+def suppress_nested_same_class(items: list[Item], share: float = 0.8) -> list[Item]:
+    """Drop an item lying mostly inside a higher-scoring item of its class:
+    per-class NMS keeps a small box nested in a large one (their IoU is low),
+    which would search the same garment twice."""
+    kept: list[Item] = []
+    for item in items:  # best first
+        area = max(float(box_area(item.box[None])[0]), 1e-6)
+        nested = False
+        for better in kept:
+            if better.label != item.label:
+                continue
+            inter = np.clip(np.minimum(item.box[2:], better.box[2:]) - np.maximum(item.box[:2], better.box[:2]), 0, None).prod()
+            if inter / area >= share:
+                nested = True
+                break
+        if not nested:
+            kept.append(item)
+    return kept
 
 
 def suppress_overlapping_classes(items: list[Item], iou_threshold: float) -> list[Item]:
@@ -234,24 +255,30 @@ def keys_for_item(item: Item, index: IndexMetadata, settings: GatewaySettings) -
     """Index keys of the item's top fine classes for its genders.
 
     The best fine class is always searched, the next ones while they clear the
-    probability floor. When the catalog has no index for any of them (a small
-    catalog, or a gender it lacks), lower-ranked fine classes are tried in order
-    until one has an index, so an item is not left without results.
+    probability floor. The fine class is trusted over the gender: when the
+    catalog has no index of those classes for the item's genders (a skirt on a
+    wearer taken for a man), they are searched for every gender. Only when no
+    gender has them are lower-ranked fine classes tried, in order.
     """
     fine_classes = item.classification["fine_classes"] if item.classification else []
+    all_genders = SEARCHABLE_GENDERS + ("unisex",)
 
-    def existing_keys(fine: str) -> list[str]:
-        keys = (f"{item.label}/{fine}/{gender}" for gender in item.genders)
+    def existing_keys(fines: list[str], genders: tuple[str, ...]) -> list[str]:
+        keys = (f"{item.label}/{fine}/{gender}" for fine in fines for gender in genders)
         return [key for key in keys if index.has_key(key)]
 
-    keys: list[str] = []
-    for rank, candidate in enumerate(fine_classes):
-        within_top = rank < settings.top_fine_classes and (rank == 0 or candidate["probability"] >= settings.fine_class_floor)
-        if within_top or not keys:
-            keys.extend(existing_keys(candidate["name"]))
-        elif keys:
-            break
-    return keys
+    chosen = [
+        candidate["name"] for rank, candidate in enumerate(fine_classes[: settings.top_fine_classes])
+        if rank == 0 or candidate["probability"] >= settings.fine_class_floor
+    ]
+    keys = existing_keys(chosen, item.genders) or existing_keys(chosen, all_genders)
+    if keys:
+        return keys
+    for candidate in fine_classes[len(chosen):]:
+        keys = existing_keys([candidate["name"]], item.genders) or existing_keys([candidate["name"]], all_genders)
+        if keys:
+            return keys
+    return []
 
 
 async def search_items(context: SearchContext, items: list[Item], results_per_item: int) -> None:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from shared import taxonomy
 
+LOGGED_PER_REASON = 5
+
 log = logging.getLogger("services.indexer.manifest")
 
 REQUIRED_FIELDS = ("id", "image_path", "product_type", "gender")
@@ -149,9 +151,15 @@ def read_manifest(path: Path, limit: int | None = None) -> ManifestReport:
             report.skipped[result] += 1
             # The product type and gender go into the line so a fix can start there.
             detail = "" if record is None else f" (id={_text(record.get('id'))!r}, product_type={_text(record.get('product_type'))!r}, gender={_text(record.get('gender'))!r})"
-            log.warning("%s row %d skipped: %s%s", path.name, number, result, detail)
+            # A whole class without a classifier can skip hundreds of rows, so
+            # each reason is logged a few times and then only counted.
+            if report.skipped[result] <= LOGGED_PER_REASON:
+                log.warning("%s row %d skipped: %s%s", path.name, number, result, detail)
+            if report.skipped[result] == LOGGED_PER_REASON:
+                log.warning("further rows skipped for %r are counted, not logged", result)
             continue
         seen_ids.add(result.product_id)
         report.rows.append(result)
-    log.info("read %s: %d rows, %d valid, %d skipped", path, report.rows_read, len(report.rows), sum(report.skipped.values()))
+    log.info("read %s: %d rows, %d valid, %d skipped %s", path, report.rows_read, len(report.rows),
+             sum(report.skipped.values()), dict(report.skipped))
     return report
