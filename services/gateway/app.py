@@ -161,9 +161,22 @@ async def read_search_request(request: Request) -> tuple[bytes, SearchOptions]:
     raise HTTPException(415, f"unsupported content type {content_type or 'none'}; send multipart/form-data, application/json or image/*")
 
 
+# Bump when a change to the search code changes answers; cached ones then expire unused.
+PIPELINE_VERSION = 2
+# Settings that shape answers; changing one also starts a new cache generation.
+_SETTINGS_DIGEST = hashlib.sha256(
+    settings.model_dump_json(include={
+        "top_fine_classes", "fine_class_floor", "wearer_min_probability", "crop_margin", "min_item_score",
+        "cross_class_iou", "default_results_per_item", "default_max_items", "classifier_urls", "shard_urls",
+    }).encode()
+).hexdigest()[:12]
+
+
 def cache_key(data: bytes, options: SearchOptions, index: IndexMetadata) -> str:
+    """Key an answer by photo, options, index, search code and answer-shaping settings."""
     digest = hashlib.sha256(data).hexdigest()
-    return f"search:v1:{index.version}:{digest}:{hashlib.sha256(options.model_dump_json().encode()).hexdigest()[:16]}"
+    options_digest = hashlib.sha256(options.model_dump_json().encode()).hexdigest()[:16]
+    return f"search:v{PIPELINE_VERSION}:{_SETTINGS_DIGEST}:{index.version}:{digest}:{options_digest}"
 
 
 @app.post("/search", summary="Find the catalog products nearest to each item in a photo")
