@@ -9,25 +9,15 @@ with the reason, otherwise.
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.deploy_modules import load_deploy_module
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-def load_deploy_module(name: str):
-    """Import deploy/<name>.py as deploy_<name>, keeping deploy/ off sys.path:
-    tests/fleet.py is another module called fleet."""
-    key = f"deploy_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, REPO_ROOT / "deploy" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        spec.loader.exec_module(module)
-    return sys.modules[key]
 
 
 check_compose = load_deploy_module("check_compose")

@@ -7,7 +7,6 @@ Procfile whose processes serve /readyz on free loopback ports.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 import subprocess
@@ -18,19 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.deploy_modules import load_deploy_module
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FLEET = REPO_ROOT / "deploy" / "fleet.py"
 
-def load_deploy_module(name: str):
-    """Import deploy/<name>.py as deploy_<name>, keeping deploy/ off sys.path:
-    tests/fleet.py is another module called fleet."""
-    key = f"deploy_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, REPO_ROOT / "deploy" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        spec.loader.exec_module(module)
-    return sys.modules[key]
 
 
 fleet = load_deploy_module("fleet")
