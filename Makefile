@@ -40,7 +40,7 @@ install: $(VENV)/bin/python ## serving, the local runner and the demo (no torch)
 install-dev: $(VENV)/bin/python ## everything: serving, training and tests
 	$(VENV)/bin/pip install --quiet -r requirements/dev.txt
 
-models: ## retrain every committed model from scratch (about an hour on 2 CPU cores)
+models: install-dev ## retrain every committed model from scratch (about an hour on 2 CPU cores)
 	$(VENV)/bin/python -m training.train_detector --epochs $(DETECTOR_EPOCHS) --run-dir runs/detector --out models/detector
 	$(VENV)/bin/python -m training.catalog_boxes --detector models/detector --out runs/catalog_boxes.json
 	for category in $(CATEGORIES); do \
@@ -50,7 +50,7 @@ models: ## retrain every committed model from scratch (about an hour on 2 CPU co
 	$(VENV)/bin/python -m training.train_wearer --run-dir runs/wearer --out models/wearer
 	$(VENV)/bin/python -m training.report
 
-report: ## measure the committed models on the held-out split (reports/models.md)
+report: install-dev ## measure the committed models on the held-out split (reports/models.md)
 	$(VENV)/bin/python -m training.report
 
 $(MANIFEST):
