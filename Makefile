@@ -49,9 +49,11 @@ models: install-dev ## retrain every committed model from scratch (about an hour
 	done
 	$(VENV)/bin/python -m training.train_wearer --run-dir runs/wearer --out models/wearer
 	$(VENV)/bin/python -m training.report
+	$(VENV)/bin/python -m training.thresholds
 
-report: install-dev ## measure the committed models on the held-out split (reports/models.md)
+report: install-dev ## measure the committed models on the held-out split (reports/models.md, reports/thresholds.md)
 	$(VENV)/bin/python -m training.report
+	$(VENV)/bin/python -m training.thresholds
 
 $(MANIFEST):
 	$(VENV)/bin/python -m services.indexer.adapters --out $(MANIFEST)

@@ -49,9 +49,9 @@ class GatewaySettings(ServiceSettings, ImageLimits):
     fine_class_floor: float = Field(0.15, ge=0, le=1, description="a fine class below this probability is not searched (the best one always is)")
     wearer_min_probability: float = Field(0.7, gt=0, le=1, description="below this, the wearer's gender is uncertain and no gender filter applies")
     crop_margin: float = Field(0.08, ge=0, le=0.5, description="margin added around each box before cropping, as a share of its size")
-    # Measured on the 128 held-out clothing-co-parsing photos: 74% of item
-    # detections scoring 0.5 or more match a true item (IoU 0.5), 28% of those
-    # from 0.4 to 0.5 and 17% of those from 0.3 to 0.4.
+    # On the 128 held-out clothing-co-parsing photos, 74% of item detections
+    # scoring 0.5 or more match a true item (IoU 0.5), 28% of those from 0.4 to
+    # 0.5 and 17% of those from 0.3 to 0.4 (`python -m training.thresholds`).
     min_item_score: float = Field(0.5, ge=0, le=1, description="detections below this score are not searched")
     cross_class_iou: float = Field(0.7, gt=0, le=1, description="of two items of different classes overlapping this much, only the higher-scoring is searched")
     default_results_per_item: int = Field(10, ge=1, le=50)
