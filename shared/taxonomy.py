@@ -49,7 +49,7 @@ FINE_CLASSES: dict[str, tuple[str, ...]] = {
 
 # High-level classes that have a trained classifier (and so are searchable).
 CLASSIFIER_CATEGORIES: tuple[str, ...] = (
-    "top", "bottom", "footwear", "bag", "eyewear", "wristwear", "headwear", "belt", "dress",
+    "top", "bottom", "footwear", "bag", "eyewear", "wristwear", "headwear", "belt", "dress", "tie", "scarf",
 )
 
 GENDERS: tuple[str, ...] = ("men", "women", "boys", "girls", "unisex")

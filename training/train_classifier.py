@@ -30,7 +30,7 @@ from training.classifier_data import (
 )
 from training.embedding_center import store_center
 from training.engine import RunDirectory, check_finite
-from training.nets import NORMALISATION, ClassifierForExport, MultiTaskClassifier, freeze_batch_norm
+from training.nets import NORMALISATION, STRIDE_32_END, ClassifierForExport, MultiTaskClassifier, freeze_batch_norm
 
 log = logging.getLogger("training.train_classifier")
 
@@ -257,6 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-dir", type=Path, default=None, help="checkpoint and log folder (default runs/classifier-CATEGORY)")
     parser.add_argument("--out", type=Path, default=None, help="model folder to export into")
     add_training_arguments(parser, epochs=8, size=160, freeze=10)
+    parser.add_argument("--last-block", type=int, default=STRIDE_32_END,
+                        help=f"last Lite0 block kept (default {STRIDE_32_END}); 14 drops the final block, for small categories")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
@@ -265,7 +267,9 @@ def main(argv: list[str] | None = None) -> None:
     log.info("%s: %d training crops (%d street), %d validation crops", category, len(train_set.item_ids),
              int((train_set.source == "street").sum()), len(validation_set.item_ids))
     tasks = {"type": len(taxonomy.FINE_CLASSES[category]), **{name: len(v) for name, v in taxonomy.ATTRIBUTES.items()}}
-    model = MultiTaskClassifier(tasks)
+    if not args.freeze_through < args.last_block <= STRIDE_32_END:
+        parser.error(f"--last-block must lie after --freeze-through ({args.freeze_through}) and be at most {STRIDE_32_END}")
+    model = MultiTaskClassifier(tasks, last_block=args.last_block)
     run = RunDirectory(args.run_dir or Path(f"runs/classifier-{category}"))
     seconds = fit(model, train_set, validation_set, run, args)
 
@@ -277,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
             "kind": "classifier",
             "category": category,
             "summary": f"Multi-task classifier and embedder of {category} crops: EfficientNet-Lite0 (ImageNet) "
-                       f"fine-tuned from block {args.freeze_through + 1}, five task heads.",
+                       f"blocks 0-{args.last_block}, fine-tuned from block {args.freeze_through + 1}, five task heads.",
             "tasks": vocabularies,
             "loss_weights": {task: TASK_WEIGHTS[task] for task in vocabularies},
             "training": {
