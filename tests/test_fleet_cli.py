@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.taxonomy import CLASSIFIER_CATEGORIES
 from tests.deploy_modules import load_deploy_module
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -99,7 +100,7 @@ def test_config_services_on_loopback():
     assert names[0] == "detector"
     assert "gateway" in names
     assert {"shard-0", "shard-1"} <= set(names)
-    assert sum(name.startswith("classifier-") for name in names) == 9
+    assert {name for name in names if name.startswith("classifier-")} == {f"classifier-{c}" for c in CLASSIFIER_CATEGORIES}
     assert {service.host for service in services} == {"127.0.0.1"}
     assert len({service.port for service in services}) == len(services)
 
