@@ -246,3 +246,11 @@ def test_job_keeps_non_index_folder(tmp_path, models):
     code = job.main(["--manifest", str(manifest), "--out", str(tmp_path), "--models", str(models)])
     assert code == 1
     assert (tmp_path / "keep.txt").exists()
+
+
+def test_dedup_needs_same_brand():
+    vectors = np.tile(np.array([[1.0, 0.0, 0.0]], np.float32), (3, 1))
+    ids = ["1", "2", "3"]
+    brands = [job.brand_of("Timberland Men Black Wallet"), job.brand_of("timberland Men Black Wallets"), job.brand_of("Reid & Taylor Men Black Wallet")]
+    assert job.deduplicate(ids, vectors, 0.02, brands) == [0, 2]
+    assert job.deduplicate(ids, vectors, 0.02) == [0]

@@ -163,16 +163,27 @@ def duplicate_edges(vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, 
     return np.concatenate(sources), np.concatenate(targets)
 
 
-def deduplicate(ids: list[str], vectors: np.ndarray, threshold: float) -> list[int]:
+def brand_of(title: str) -> str:
+    """The first word of a catalog title, which names the brand ("Timberland Men Black Wallet")."""
+    words = title.lower().replace("&", " ").split()
+    return words[0] if words else ""
+
+
+def deduplicate(ids: list[str], vectors: np.ndarray, threshold: float, brands: list[str] | None = None) -> list[int]:
     """Return the row numbers kept: one per group of near-duplicates, the lowest id.
 
     Near-duplicates are the connected components of the graph whose edges join
-    vectors closer than ``threshold`` in cosine distance.
+    vectors closer than ``threshold`` in cosine distance. With ``brands``, an
+    edge also needs the same brand: plain black wallets of two brands look
+    alike to the embedding but are different products.
     """
     count = len(ids)
     if count < 2 or threshold <= 0:
         return list(range(count))
     sources, targets = duplicate_edges(vectors, threshold)
+    if brands is not None:
+        same_brand = np.array([brands[a] == brands[b] for a, b in zip(sources, targets)], dtype=bool)
+        sources, targets = sources[same_brand], targets[same_brand]
     graph = coo_matrix((np.ones(len(sources), dtype=np.int8), (sources, targets)), shape=(count, count))
     _, component = connected_components(graph, directed=False)
     best: dict[int, int] = {}
@@ -250,7 +261,8 @@ def run(args: argparse.Namespace) -> dict:
         items = sorted(by_key[key], key=lambda item: id_order(item.row.product_id))
         ids = [item.row.product_id for item in items]
         vectors = np.stack([item.embedding for item in items])
-        kept = deduplicate(ids, vectors, args.dedup_distance)
+        brands = [brand_of(item.row.title or "") for item in items]
+        kept = deduplicate(ids, vectors, args.dedup_distance, brands)
         removed = len(items) - len(kept)
         if removed:
             report.duplicates_removed[key] = removed
