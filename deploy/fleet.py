@@ -101,7 +101,7 @@ def option(command: str, flag: str) -> str | None:
 
 
 def load_services(paths: Paths) -> list[Service]:
-    """The Procfile's processes that listen on a port, with host and port expanded."""
+    """Return the Procfile's processes that listen on a port, with host and port expanded."""
     variables = {**os.environ, **read_env_file(paths.env_file)}
     services = []
     for line in paths.procfile.read_text().splitlines():
@@ -127,7 +127,7 @@ def load_services(paths: Paths) -> list[Service]:
 
 
 def process_start_time(pid: int) -> str | None:
-    """Field 22 of /proc/PID/stat: tells a live process from a later one with the same id."""
+    """Return field 22 of /proc/PID/stat, which distinguishes a live process from a later one with the same id."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -156,7 +156,7 @@ def read_pid(paths: Paths) -> int | None:
 
 
 def descendants(root: int) -> dict[int, str]:
-    """Every process below root, with its start time. Honcho starts each Procfile
+    """Return every process below root, with its start time. Honcho starts each Procfile
     process in a session of its own, so signalling honcho's group misses them:
     they are found here, before honcho exits and they lose their parent."""
     children: dict[int, list[int]] = {}
@@ -328,7 +328,7 @@ def wait_ready(services: list[Service], timeout: float, honcho: subprocess.Popen
 
 
 def running_pid(paths: Paths) -> int | None:
-    """The fleet's pid when one runs; a stale PID file is removed with a note."""
+    """Return the fleet's pid when one runs. A stale PID file is removed with a note."""
     pid = read_pid(paths)
     if pid is None:
         if paths.pid_file.exists():

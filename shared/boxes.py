@@ -101,7 +101,7 @@ def mask_to_boxes(mask: np.ndarray, high_level: str) -> list[np.ndarray]:
 
 @dataclass(frozen=True)
 class Letterbox:
-    """How a photo was scaled and padded into a fixed network input."""
+    """The scale and padding that fit a photo into a fixed network input."""
 
     scale: float
     pad_x: float

@@ -128,7 +128,7 @@ def read_ccp(root: Path, photo_ids: list[str] | None = None) -> list[StreetPhoto
 # --- colorful-fashion ----------------------------------------------------------
 
 # colorful-fashion has no person boxes. The union of a photo's item boxes,
-# raised by this share of its height for the head, stands in for one, so the
+# raised by this share of its height for the head, replaces one, so the
 # detector is not taught that the people in these photos are background.
 _HEAD_SHARE = 0.12
 

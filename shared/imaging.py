@@ -1,5 +1,5 @@
 """Image preprocessing shared by the services, training and evaluation, so a
-model sees the same pixels at training and at serving time."""
+model gets the same pixels at training and at serving time."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What every service of the fleet has in common: logging with the request id,
+"""Plumbing common to every service of the fleet: logging with the request id,
 the ``X-Request-ID`` middleware, Prometheus metrics, and liveness and readiness
 routes."""
 

@@ -66,8 +66,8 @@ class Ignored:
 
 @dataclass(frozen=True)
 class StreetLabel:
-    """Where a street-photo label goes: its high-level class and, when the label
-    names one product type, its fine class (``None`` when it is ambiguous)."""
+    """The target of a street-photo label: its high-level class and, when the
+    label names one product type, its fine class (``None`` when it is ambiguous)."""
 
     high_level: str
     fine: str | None = None
@@ -161,7 +161,7 @@ COLORFUL_LABELS: dict[str, StreetLabel | Ignored] = {
 
 @dataclass(frozen=True)
 class CatalogType:
-    """Where a catalog ``articleType`` goes."""
+    """The target of a catalog ``articleType``: high-level and fine class."""
 
     high_level: str
     fine: str

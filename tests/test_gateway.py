@@ -33,7 +33,7 @@ PHOTO_IDS = ("0004", "0001")
 
 def photo_bytes(photo_id: str, quality: int = 92) -> bytes:
     """A street photo re-encoded at a chosen quality: each quality gives other
-    bytes, so tests that must miss the answer cache use their own."""
+    bytes, so tests that must miss the response cache use their own."""
     image = Image.open(datasets.datasets_dir() / datasets.CCP / "photos" / f"{photo_id}.jpg").convert("RGB")
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=quality)
@@ -71,6 +71,7 @@ def fleet(index_dir, tmp_path_factory):
     log_dir = tmp_path_factory.mktemp("fleet-logs")
     redis_port = free_port()
     redis_process = start_redis(redis_port, log_dir)
+
     fleet = Fleet(log_dir)
     fleet.add("detector", "services.detector.app:app", {
         "DETECTOR_MODEL_DIR": str(MODELS / "detector"), "DETECTOR_WEARER_MODEL_DIR": str(MODELS / "wearer"),
@@ -82,10 +83,13 @@ def fleet(index_dir, tmp_path_factory):
     shards = json.loads((index_dir / "routing.json").read_text())["shards"]
     for shard in shards:
         fleet.add(shard, "services.index_shard.app:app", {"SHARD_NAME": shard, "SHARD_INDEX_DIR": str(index_dir)})
+
+    # Start every downstream service at once, then wait: startup is mostly imports.
     for name in list(fleet.services):
         fleet.start(name, wait=False)
     for name in list(fleet.services):
         fleet.wait_ready(name)
+
     urls = fleet.services
     fleet.add("gateway", "services.gateway.app:app", {
         "GATEWAY_DETECTOR_URL": urls["detector"].url,
@@ -97,7 +101,9 @@ def fleet(index_dir, tmp_path_factory):
     })
     fleet.start("gateway")
     fleet.redis_process = redis_process  # type: ignore[attr-defined]
+
     yield fleet
+
     fleet.stop_all()
     redis_process.kill()
     redis_process.wait(timeout=10)
@@ -128,7 +134,8 @@ def test_search_returns_items_of_their_own_class(gateway):
     assert searched, answer["items"]
     for item in answer["items"]:
         x1, y1, x2, y2 = item["box"]
-        assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
+        assert 0 <= x1 < x2 <= width
+        assert 0 <= y1 < y2 <= height
     for item in searched:
         for result in item["results"]:
             assert taxonomy.high_level_of_fine(result["fine_class"]) == item["class"]
@@ -208,6 +215,25 @@ def test_every_service_exposes_metrics(fleet):
         assert httpx.get(f"{service.url}/healthz", timeout=5).status_code == 200, name
         metrics = httpx.get(f"{service.url}/metrics", timeout=5)
         assert "apparel_stage_seconds" in metrics.text, name
+
+
+def test_internal_services_reject_bad_raw_bodies(fleet):
+    detector = fleet.services["detector"].url
+    bad_shape = httpx.post(f"{detector}/detect", content=b"\x00" * 30,
+                           headers={"content-type": "application/octet-stream", "X-Image-Shape": "tall,wide"}, timeout=10)
+    expect_error(bad_shape, 400, "x-image-shape")
+    short_body = httpx.post(f"{detector}/detect", content=b"\x00" * 30,
+                            headers={"content-type": "application/octet-stream", "X-Image-Shape": "64,64"}, timeout=10)
+    expect_error(short_body, 400, "needs 12288")
+
+    classifier = fleet.services["classifier-top"].url
+    size = httpx.get(f"{classifier}/info", timeout=10).json()["input_size"]
+    wrong_size = httpx.post(f"{classifier}/classify", content=b"\x00" * (32 * 32 * 3),
+                            headers={"content-type": "application/octet-stream", "X-Crop-Size": "32"}, timeout=10)
+    expect_error(wrong_size, 400, f"takes {size}x{size}")
+    partial_crop = httpx.post(f"{classifier}/classify", content=b"\x00" * (size * size * 3 + 5),
+                              headers={"content-type": "application/octet-stream", "X-Crop-Size": str(size)}, timeout=10)
+    expect_error(partial_crop, 400, "not a whole number")
 
 
 # --- bad input ----------------------------------------------------------------------

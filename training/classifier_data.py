@@ -126,7 +126,7 @@ def build_wearer_set(rows: list[datasets.CatalogRow], size: int, views: int, poo
     for row in tqdm(rows, desc="wearer crops", mininterval=10):
         wearer = taxonomy.GENDER_TO_WEARER[row.gender]
         # Only garments are photographed on a model; shoes, bags and watches
-        # usually stand alone, where the gender label says nothing about a person.
+        # usually appear alone, where the gender label tells nothing about a person.
         if wearer is None or row.high_level not in WORN_ON_MODEL:
             continue
         image = Image.open(row.path).convert("RGB")

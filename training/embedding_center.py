@@ -2,12 +2,12 @@
 
     python -m training.embedding_center --category top
 
-The pooled features of one category share a large common direction: measured
-on 150 men's watches, the median cosine distance between two different
-products was 0.0075, so near-duplicate removal merged nearly all of them and
-distances said little. Subtracting the mean embedding of the category's
-training crops and normalising again spreads them out (median 1.0 on the same
-watches) while two photos of one product stay close. The services apply the
+The pooled features of one category share a large common direction, so
+different products of one category lay within the indexer's near-duplicate
+distance (0.02) of each other: before centring, near-duplicate removal merged
+nearly every men's watch of the catalog into one. Subtracting the mean
+embedding of the category's training crops and normalising again spreads them
+out, while two photos of one product stay close. The services apply the
 centre stored in ``card.json`` (``shared.inference.Classifier``).
 """
 

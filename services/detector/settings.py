@@ -17,5 +17,6 @@ class DetectorSettings(ServiceSettings, ImageLimits):
     wearer_model_dir: Path = Field(repo_path("models/wearer"), description="folder with wearer.onnx and card.json")
     score_threshold: float | None = Field(None, gt=0, lt=1, description="detection score threshold; the card's when unset")
     # The wearer model learned from tight person boxes (a catalog photo's
-    # non-white pixels); on street photos a 5% margin flipped some answers.
+    # non-white pixels). On street photos a 5% margin changed some predictions
+    # (reports/thresholds.md compares both margins).
     person_margin: float = Field(0.0, ge=0, le=0.5, description="margin around a person box for the wearer crop, as a share of its size")

@@ -66,7 +66,7 @@ async def lifespan(app: FastAPI):
     state.client = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
     state.downstream = Downstream(state.client)
     state.cache = AnswerCache(settings.redis_url, settings.cache_ttl_seconds, settings.local_cache_entries, settings.redis_timeout_seconds)
-    log.info("ready: answer cache %s, index created %s", state.cache.backend, state.index.version)
+    log.info("ready: response cache %s, index created %s", state.cache.backend, state.index.version)
     yield
     await state.client.aclose()
     await state.cache.close()
@@ -161,9 +161,9 @@ async def read_search_request(request: Request) -> tuple[bytes, SearchOptions]:
     raise HTTPException(415, f"unsupported content type {content_type or 'none'}; send multipart/form-data, application/json or image/*")
 
 
-# Bump when a change to the search code changes answers; cached ones then expire unused.
+# Bump when a change to the search code changes responses, so cached ones expire unused.
 PIPELINE_VERSION = 2
-# Settings that shape answers; changing one also starts a new cache generation.
+# Settings that shape responses. Changing one also starts a new cache generation.
 _SETTINGS_DIGEST = hashlib.sha256(
     settings.model_dump_json(include={
         "top_fine_classes", "fine_class_floor", "wearer_min_probability", "crop_margin", "min_item_score",
@@ -173,7 +173,7 @@ _SETTINGS_DIGEST = hashlib.sha256(
 
 
 def cache_key(data: bytes, options: SearchOptions, index: IndexMetadata) -> str:
-    """Key an answer by photo, options, index, search code and answer-shaping settings."""
+    """Return the cache key of a response: photo, options, index, search code and settings."""
     digest = hashlib.sha256(data).hexdigest()
     options_digest = hashlib.sha256(options.model_dump_json().encode()).hexdigest()[:16]
     return f"search:v{PIPELINE_VERSION}:{_SETTINGS_DIGEST}:{index.version}:{digest}:{options_digest}"

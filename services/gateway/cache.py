@@ -1,4 +1,4 @@
-"""The answer cache: Redis when ``REDIS_URL`` is set, else in-process.
+"""The response cache: Redis when ``REDIS_URL`` is set, else in-process.
 
 A Redis failure never fails a search: the gateway logs it, falls back to the
 in-process cache and retries Redis on a later request.
@@ -21,7 +21,7 @@ RETRY_INTERVAL_SECONDS = 5.0
 
 
 class LocalCache:
-    """A small LRU of answers with expiry, for a gateway without Redis."""
+    """A small LRU of search responses with expiry, for a gateway without Redis."""
 
     def __init__(self, capacity: int):
         self.capacity = capacity

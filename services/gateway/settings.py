@@ -39,9 +39,9 @@ class GatewaySettings(ServiceSettings, ImageLimits):
     shard_urls: Annotated[dict[str, str], NoDecode] = Field(default_factory=lambda: parse_url_map("shard-0=http://127.0.0.1:8200,shard-1=http://127.0.0.1:8201"),
                                        description='index shard per name in routing.json, as "shard-0=http://host:port,..."')
     index_dir: Path = Field(repo_path("var/index"), description="folder with routing.json and products.jsonl")
-    redis_url: str | None = Field(None, validation_alias="REDIS_URL", description="Redis for the answer cache; in-process cache when unset")
-    cache_ttl_seconds: int = Field(3600, ge=0, description="lifetime of a cached answer; 0 disables caching")
-    local_cache_entries: int = Field(256, ge=0, description="answers kept by the in-process cache")
+    redis_url: str | None = Field(None, validation_alias="REDIS_URL", description="Redis for the response cache; in-process cache when unset")
+    cache_ttl_seconds: int = Field(3600, ge=0, description="lifetime of a cached response in seconds; 0 disables caching")
+    local_cache_entries: int = Field(256, ge=0, description="responses kept by the in-process cache")
     connect_timeout_seconds: float = Field(1.0, gt=0, description="timeout to connect to a downstream service")
     downstream_timeout_seconds: float = Field(10.0, gt=0, description="timeout of one downstream call")
     redis_timeout_seconds: float = Field(0.25, gt=0, description="timeout of one Redis call")

@@ -164,7 +164,7 @@ def duplicate_edges(vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, 
 
 
 def brand_of(title: str) -> str:
-    """The first word of a catalog title, which names the brand ("Timberland Men Black Wallet")."""
+    """Return the first word of a catalog title, which names the brand ("Timberland Men Black Wallet")."""
     words = title.lower().replace("&", " ").split()
     return words[0] if words else ""
 
