@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from shared import taxonomy
 from shared.boxes import Letterbox, letterbox_geometry
 
 # Letterbox padding: mid-grey, which the (x / 255 - 0.5) / 0.5 scaling maps to about 0.
@@ -75,3 +76,14 @@ def catalog_product_box(pixels: np.ndarray, own_box: np.ndarray | None, own_scor
     if box is not None and (box[2] - box[0]) >= 8 and (box[3] - box[1]) >= 8:
         return box, "foreground"
     return np.array([0, 0, width, height], dtype=np.float32), "whole photo"
+
+
+def palette_colour(pixels: np.ndarray) -> str | None:
+    """Name the median colour of an (N, 3) pixel array on the palette, or None
+    when there are too few pixels to tell."""
+    if len(pixels) < 50:
+        return None
+    median = np.median(pixels.astype(np.float32), axis=0)
+    names = list(taxonomy.COLOUR_RGB)
+    reference = np.array([taxonomy.COLOUR_RGB[n] for n in names], dtype=np.float32)
+    return names[int(np.argmin(((reference - median) ** 2).sum(axis=1)))]

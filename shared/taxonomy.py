@@ -383,3 +383,25 @@ STREET_LABEL_TO_ARTICLE_TYPES: dict[str, tuple[str, ...]] = {
     "hat": ("Caps", "Hat"),
     "bag": ("Handbags", "Backpacks", "Clutches", "Laptop Bag", "Messenger Bag", "Duffel Bag"),
 }
+
+
+def relevant_article_types(street_label: str) -> frozenset[str]:
+    """Return the catalog article types that match a street item's label.
+
+    A label that names one fine class matches every article type of that fine
+    class; an ambiguous label matches the types listed in
+    ``STREET_LABEL_TO_ARTICLE_TYPES``. Items drawn with several labels
+    ("blazer+blouse") match the types of any of them.
+    """
+    types: set[str] = set()
+    for label in street_label.split("+"):
+        if label in STREET_LABEL_TO_ARTICLE_TYPES:
+            types.update(STREET_LABEL_TO_ARTICLE_TYPES[label])
+            continue
+        target = CCP_LABELS.get(label) or COLORFUL_LABELS.get(label)
+        if isinstance(target, StreetLabel) and target.fine is not None:
+            types.update(
+                name for name, mapped in CATALOG_TYPES.items()
+                if isinstance(mapped, CatalogType) and mapped.high_level == target.high_level and mapped.fine == target.fine
+            )
+    return frozenset(types)

@@ -7,7 +7,7 @@ import uuid
 import redis
 
 from services.gateway.cache import AnswerCache
-from tests.fleet import free_port
+from shared.processes import free_port
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 

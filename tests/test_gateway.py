@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from shared import datasets, taxonomy
-from tests.fleet import REPO, Fleet, free_port, start_redis
+from shared.processes import REPO, free_port, start_redis, start_search_fleet
 
 MODELS = Path(os.environ.get("TEST_MODELS_DIR", REPO / "models"))
 CATEGORIES = ("top", "bottom", "footwear", "bag")
@@ -72,34 +72,7 @@ def fleet(index_dir, tmp_path_factory):
     redis_port = free_port()
     redis_process = start_redis(redis_port, log_dir)
 
-    fleet = Fleet(log_dir)
-    fleet.add("detector", "services.detector.app:app", {
-        "DETECTOR_MODEL_DIR": str(MODELS / "detector"), "DETECTOR_WEARER_MODEL_DIR": str(MODELS / "wearer"),
-    })
-    for category in CATEGORIES:
-        fleet.add(f"classifier-{category}", "services.classifier.app:app", {
-            "CLASSIFIER_CATEGORY": category, "CLASSIFIER_MODELS_DIR": str(MODELS / "classifiers"),
-        })
-    shards = json.loads((index_dir / "routing.json").read_text())["shards"]
-    for shard in shards:
-        fleet.add(shard, "services.index_shard.app:app", {"SHARD_NAME": shard, "SHARD_INDEX_DIR": str(index_dir)})
-
-    # Start every downstream service at once, then wait: startup is mostly imports.
-    for name in list(fleet.services):
-        fleet.start(name, wait=False)
-    for name in list(fleet.services):
-        fleet.wait_ready(name)
-
-    urls = fleet.services
-    fleet.add("gateway", "services.gateway.app:app", {
-        "GATEWAY_DETECTOR_URL": urls["detector"].url,
-        "GATEWAY_CLASSIFIER_URLS": ",".join(f"{c}={urls[f'classifier-{c}'].url}" for c in CATEGORIES),
-        "GATEWAY_SHARD_URLS": ",".join(f"{s}={urls[s].url}" for s in shards),
-        "GATEWAY_INDEX_DIR": str(index_dir),
-        "GATEWAY_DOWNSTREAM_TIMEOUT_SECONDS": "20",
-        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-    })
-    fleet.start("gateway")
+    fleet = start_search_fleet(index_dir, MODELS, log_dir, f"redis://127.0.0.1:{redis_port}/0")
     fleet.redis_process = redis_process  # type: ignore[attr-defined]
 
     yield fleet

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from shared import datasets, taxonomy
 from shared.boxes import expand_box
-from shared.imaging import catalog_product_box, square_crop
+from shared.imaging import catalog_product_box, palette_colour, square_crop
 from training.augment import BackgroundPool, blend_onto
 
 log = logging.getLogger(__name__)
@@ -30,17 +30,6 @@ log = logging.getLogger(__name__)
 CROP_MARGIN = 0.08
 IGNORE = -1
 WORN_ON_MODEL = frozenset({"top", "bottom", "dress"})
-
-
-def palette_colour(pixels: np.ndarray) -> str | None:
-    """Name the median colour of an (N, 3) pixel array on the palette, or None
-    when there are too few pixels to tell."""
-    if len(pixels) < 50:
-        return None
-    median = np.median(pixels.astype(np.float32), axis=0)
-    names = list(taxonomy.COLOUR_RGB)
-    reference = np.array([taxonomy.COLOUR_RGB[n] for n in names], dtype=np.float32)
-    return names[int(np.argmin(((reference - median) ** 2).sum(axis=1)))]
 
 
 @dataclass

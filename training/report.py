@@ -26,71 +26,13 @@ from tqdm import tqdm
 
 from shared import datasets, taxonomy
 from shared.inference import Classifier, Detector
-from shared.metrics import Detections, map_50_95, mean_average_precision, precision_recall
+from evaluation.detection import evaluate_detector, plot_precision_recall
 from training.classifier_data import load_crop_set
 
 log = logging.getLogger("training.report")
 
 REPORTS = Path("reports")
 FIGURES = REPORTS / "figures"
-
-
-def evaluate_detector(detector: Detector, photos: list[datasets.StreetPhoto]) -> tuple[dict, list, list]:
-    class_index = {name: i for i, name in enumerate(detector.classes)}
-    predictions, truths = [], []
-    for photo in tqdm(photos, desc="held-out detection", mininterval=10):
-        image = Image.open(photo.path).convert("RGB")
-        found = detector.detect([image], score_threshold=0.05)[0]
-        predictions.append(Detections(
-            np.array([d.box for d in found], np.float32).reshape(-1, 4),
-            np.array([class_index[d.label] for d in found], np.int64),
-            np.array([d.score for d in found], np.float32),
-        ))
-        items = [item for item in photo.items if item.high_level in class_index]
-        ignore = np.stack(photo.ignore_boxes) if photo.ignore_boxes else None
-        truths.append(Detections(
-            np.array([item.box for item in items], np.float32).reshape(-1, 4),
-            np.array([class_index[item.high_level] for item in items], np.int64),
-            ignore_boxes=ignore,
-        ))
-    labels = list(range(len(detector.classes)))
-    overall, per_label = mean_average_precision(predictions, truths, labels)
-    result = {
-        "map50": overall,
-        "map50_95": map_50_95(predictions, truths, labels),
-        "per_class": {detector.classes[label]: {"map50": ap} for label, ap in per_label.items()},
-        "photos": len(photos),
-    }
-    for label in per_label:
-        result["per_class"][detector.classes[label]]["instances"] = int(sum((t.labels == label).sum() for t in truths))
-    return result, predictions, truths
-
-
-def plot_precision_recall(detector: Detector, predictions, truths, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [i for i in range(len(detector.classes)) if any((t.labels == i).any() for t in truths)]
-    columns = 4
-    rows = (len(labels) + columns - 1) // columns
-    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), squeeze=False)
-    for ax, label in zip(axes.ravel(), labels):
-        recall, precision, total = precision_recall(predictions, truths, label, 0.5)
-        ax.plot(recall, precision)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.02)
-        ax.set_title(f"{detector.classes[label]} (n={total})", fontsize=9)
-        ax.set_xlabel("recall", fontsize=8)
-        ax.set_ylabel("precision", fontsize=8)
-        ax.grid(alpha=0.3)
-    for ax in axes.ravel()[len(labels):]:
-        ax.axis("off")
-    figure.suptitle(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
 
 
 def catalog_own_class_rate(detector: Detector, rows: list[datasets.CatalogRow]) -> dict:

@@ -19,11 +19,12 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
+from services.classifier.results import describe_crops
 from services.classifier.settings import ClassifierSettings
 from shared.imagecodec import InvalidImage, decode_image
 from shared.inference import Classifier
 from shared.service import configure_logging, install_common, stage_timer
-from shared.wire import CROP_SIZE_HEADER, RAW_CONTENT_TYPE, crops_from_bytes, encode_vector
+from shared.wire import CROP_SIZE_HEADER, RAW_CONTENT_TYPE, crops_from_bytes
 
 SERVICE = "classifier"
 log = logging.getLogger("services.classifier")
@@ -116,23 +117,5 @@ async def classify(request: Request) -> dict:
         crops = await read_crops(request, model)
     with stage_timer(SERVICE, "classify", timings):
         output = await run_in_threadpool(model.run, crops)
-    results = []
-    for index in range(len(crops)):
-        type_probabilities = output.probabilities["type"][index]
-        order = np.argsort(-type_probabilities)
-        attributes = {}
-        for task, vocabulary in model.tasks.items():
-            if task == "type":
-                continue
-            row = output.probabilities[task][index]
-            best = int(np.argmax(row))
-            attributes[task] = {"value": vocabulary[best], "probability": round(float(row[best]), 4)}
-        results.append({
-            "fine_classes": [
-                {"name": model.tasks["type"][i], "probability": round(float(type_probabilities[i]), 4)} for i in order
-            ],
-            "attributes": attributes,
-            "embedding": encode_vector(output.embeddings[index]),
-            "task_features": encode_vector(output.task_features[index]),
-        })
+    results = describe_crops(model, output)
     return {"category": settings.category, "model_version": model.version, "results": results, "timings_ms": timings}

@@ -19,9 +19,8 @@ from fastapi import FastAPI, HTTPException, Request
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
+from services.detector.analysis import analyse_photo, wearer_probabilities
 from services.detector.settings import DetectorSettings
-from shared import taxonomy
-from shared.boxes import expand_box
 from shared.imagecodec import InvalidImage, decode_image
 from shared.inference import Classifier, Detector
 from shared.service import configure_logging, install_common, stage_timer
@@ -91,47 +90,24 @@ def raw_rgb(body: bytes, shape_header: str) -> Image.Image:
     return Image.fromarray(np.frombuffer(body, np.uint8).reshape(height, width, 3))
 
 
-def wearer_probabilities(image: Image.Image, boxes: list[np.ndarray]) -> list[dict[str, float]]:
-    assert models.wearer is not None
-    if not boxes:
-        return []
-    crops = np.stack([
-        models.wearer.crop(image, expand_box(box, settings.person_margin, image.width, image.height)) for box in boxes
-    ])
-    probabilities = models.wearer.run(crops).probabilities["wearer"]
-    return [{name: round(float(p), 4) for name, p in zip(taxonomy.WEARER_CLASSES, row)} for row in probabilities]
-
-
 @app.post("/detect", summary="Detect apparel items and people in one photo")
 async def detect(request: Request) -> dict:
     timings: dict[str, float] = {}
     with stage_timer(SERVICE, "decode", timings):
         image = await read_photo(request)
-    assert models.detector is not None
+    assert models.detector is not None and models.wearer is not None
     with stage_timer(SERVICE, "detect", timings):
-        detections = (await run_in_threadpool(models.detector.detect, [image], settings.score_threshold))[0]
-    persons = [d for d in detections if d.label == taxonomy.PERSON]
-    with stage_timer(SERVICE, "wearer", timings):
-        wearers = await run_in_threadpool(wearer_probabilities, image, [p.box for p in persons])
-    return {
-        "width": image.width,
-        "height": image.height,
-        "items": [
-            {"box": [round(float(v), 1) for v in d.box], "label": d.label, "score": round(d.score, 4)}
-            for d in detections if d.label != taxonomy.PERSON
-        ],
-        "persons": [
-            {"box": [round(float(v), 1) for v in p.box], "score": round(p.score, 4), "wearer": w}
-            for p, w in zip(persons, wearers)
-        ],
-        "model_versions": {"detector": models.detector.version, "wearer": models.wearer.version if models.wearer else None},
-        "timings_ms": timings,
-    }
+        answer = await run_in_threadpool(
+            analyse_photo, models.detector, models.wearer, image, settings.score_threshold, settings.person_margin,
+        )
+    answer["timings_ms"] = timings
+    return answer
 
 
 @app.post("/wearer", summary="Tell man, woman, boy or girl from one person crop")
 async def wearer(request: Request) -> dict:
     image = await read_photo(request)
-    probabilities = await run_in_threadpool(wearer_probabilities, image, [np.array([0, 0, image.width, image.height], np.float32)])
     assert models.wearer is not None
+    whole_photo = np.array([0, 0, image.width, image.height], np.float32)
+    probabilities = await run_in_threadpool(wearer_probabilities, models.wearer, image, [whole_photo], settings.person_margin)
     return {"wearer": probabilities[0], "model_version": models.wearer.version}

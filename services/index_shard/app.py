@@ -20,7 +20,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
 from services.index_shard.settings import ShardSettings
-from services.index_shard.store import LoadedIndex, ShardLoadError, load_shard
+from services.index_shard.store import LoadedIndex, ShardLoadError, load_shard, search_all
 from shared.service import configure_logging, install_common, stage_timer
 from shared.wire import decode_vector
 
@@ -120,19 +120,6 @@ def check_request(request: SearchRequest, indices: dict[str, LoadedIndex]) -> li
     if unknown:
         raise HTTPException(404, f"shard {settings.name} does not serve keys: {', '.join(unknown)}")
     return checked
-
-
-def search_all(checked: list, indices: dict[str, LoadedIndex]) -> list[dict]:
-    results = []
-    for vector, keys, k in checked:
-        hits = [
-            {"product_id": product_id, "distance": distance, "key": key}
-            for key in keys
-            for product_id, distance in indices[key].search(vector, k)
-        ]
-        hits.sort(key=lambda hit: hit["distance"])
-        results.append({"hits": hits[:k]})
-    return results
 
 
 @app.post("/search", summary="Nearest catalog products of each query vector")

@@ -102,3 +102,17 @@ def load_shard(index_dir: Path, name: str, ef: int) -> dict[str, LoadedIndex]:
     for index in loaded.values():
         index.search(np.ones(index.dimension, dtype=np.float32), 1)
     return loaded
+
+
+def search_all(checked: list[tuple[np.ndarray, list[str], int]], indices: dict[str, LoadedIndex]) -> list[dict]:
+    """Search every (vector, keys, k) query; return per query the hits of all its keys, nearest first."""
+    results = []
+    for vector, keys, k in checked:
+        hits = [
+            {"product_id": product_id, "distance": distance, "key": key}
+            for key in keys
+            for product_id, distance in indices[key].search(vector, k)
+        ]
+        hits.sort(key=lambda hit: hit["distance"])
+        results.append({"hits": hits[:k]})
+    return results

@@ -1,7 +1,12 @@
-"""Start real services of the fleet as processes on free loopback ports, for tests."""
+"""Start services of the fleet as local processes on free loopback ports.
+
+The tests and the evaluation use this to run real services without the
+fixed ports of ``make up``, so they never collide with a running fleet.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -107,3 +112,50 @@ def start_redis(port: int, log_dir: Path) -> subprocess.Popen:
         time.sleep(0.1)
     process.kill()
     raise RuntimeError("redis-server did not start")
+
+
+def start_search_fleet(
+    index_dir: Path, models: Path, log_dir: Path, redis_url: str | None = None, extra_env: dict[str, str] | None = None,
+) -> Fleet:
+    """Start a whole search fleet for one index folder and wait until it is ready:
+    the detector, a classifier per category the index covers, its shards, and
+    the gateway. Stop it with ``Fleet.stop_all``."""
+    routing = json.loads((index_dir / "routing.json").read_text())
+    categories = sorted({key.split("/")[0] for key in routing["keys"]})
+    extra_env = extra_env or {}
+
+    fleet = Fleet(log_dir)
+    fleet.add("detector", "services.detector.app:app", {
+        "DETECTOR_MODEL_DIR": str(models / "detector"), "DETECTOR_WEARER_MODEL_DIR": str(models / "wearer"), **extra_env,
+    })
+    for category in categories:
+        fleet.add(f"classifier-{category}", "services.classifier.app:app", {
+            "CLASSIFIER_CATEGORY": category, "CLASSIFIER_MODELS_DIR": str(models / "classifiers"), **extra_env,
+        })
+    for shard in routing["shards"]:
+        fleet.add(shard, "services.index_shard.app:app", {"SHARD_NAME": shard, "SHARD_INDEX_DIR": str(index_dir), **extra_env})
+
+    try:
+        # Start every downstream service at once, then wait: startup is mostly imports.
+        for name in list(fleet.services):
+            fleet.start(name, wait=False)
+        for name in list(fleet.services):
+            fleet.wait_ready(name)
+
+        urls = fleet.services
+        gateway_env = {
+            "GATEWAY_DETECTOR_URL": urls["detector"].url,
+            "GATEWAY_CLASSIFIER_URLS": ",".join(f"{c}={urls[f'classifier-{c}'].url}" for c in categories),
+            "GATEWAY_SHARD_URLS": ",".join(f"{s}={urls[s].url}" for s in routing["shards"]),
+            "GATEWAY_INDEX_DIR": str(index_dir),
+            "GATEWAY_DOWNSTREAM_TIMEOUT_SECONDS": "20",
+            **extra_env,
+        }
+        if redis_url:
+            gateway_env["REDIS_URL"] = redis_url
+        fleet.add("gateway", "services.gateway.app:app", gateway_env)
+        fleet.start("gateway")
+    except BaseException:
+        fleet.stop_all()
+        raise
+    return fleet

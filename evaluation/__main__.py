@@ -1,0 +1,5 @@
+import sys
+
+from evaluation.run import main
+
+sys.exit(main())
