@@ -29,7 +29,12 @@ CLASSIFIER_EPOCHS ?= 8
 INDEX_DIR ?= var/index
 MANIFEST ?= var/catalog/manifest.jsonl
 
-.PHONY: install install-dev models report manifest index demo test
+DATASETS ?= $(if $(DATASETS_DIR),$(DATASETS_DIR),../shared/datasets)
+SPLIT ?= heldout
+ABLATION_CATEGORIES ?= top bottom
+ABLATION_EPOCHS ?= 4
+
+.PHONY: install install-dev models report manifest index demo test eval ablation
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -74,6 +79,13 @@ demo: install ## install, index the demo catalog, start the fleet, search street
 	$(MAKE) up
 	$(VENV)/bin/python scripts/demo.py --out var/demo/result_sheet.png
 	@echo "The fleet is still running on 127.0.0.1 (gateway on port 8000); stop it with 'make down'."
+
+eval: install-dev ## measure search quality on DATASETS (SPLIT=heldout|all): reports/quality.json and quality.md
+	$(VENV)/bin/python -m evaluation --datasets $(DATASETS) --split $(SPLIT)
+
+ablation: install-dev ## train the embedding ablation variants, evaluate them and merge them into reports/quality.* (after make eval)
+	$(VENV)/bin/python -m training.ablation --datasets $(DATASETS) --categories $(ABLATION_CATEGORIES) --epochs $(ABLATION_EPOCHS) --out var/ablation
+	$(VENV)/bin/python -m evaluation.ablation --datasets $(DATASETS) --split $(SPLIT) --variants var/ablation
 
 test: install-dev ## run the test suite (starts its own services; needs Redis on 127.0.0.1:6379)
 	$(VENV)/bin/python -m pytest -q

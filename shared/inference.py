@@ -119,6 +119,18 @@ class ClassifierOutput:
     embeddings: np.ndarray
     task_features: np.ndarray
 
+    def split(self, counts: list[int]) -> list["ClassifierOutput"]:
+        """Cut a batch's outputs into consecutive parts of the given sizes."""
+        parts, start = [], 0
+        for count in counts:
+            end = start + count
+            parts.append(ClassifierOutput(
+                {task: values[start:end] for task, values in self.probabilities.items()},
+                self.embeddings[start:end], self.task_features[start:end],
+            ))
+            start = end
+        return parts
+
 
 class Classifier:
     """A multi-task classifier (a category's classifier or the wearer model)."""

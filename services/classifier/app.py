@@ -22,7 +22,8 @@ from starlette.concurrency import run_in_threadpool
 from services.classifier.results import describe_crops
 from services.classifier.settings import ClassifierSettings
 from shared.imagecodec import InvalidImage, decode_image
-from shared.inference import Classifier
+from shared.batching import MicroBatcher
+from shared.inference import Classifier, ClassifierOutput
 from shared.service import configure_logging, install_common, stage_timer
 from shared.wire import CROP_SIZE_HEADER, RAW_CONTENT_TYPE, crops_from_bytes
 
@@ -34,6 +35,7 @@ settings = ClassifierSettings()
 
 class State:
     model: Classifier | None = None
+    batcher: MicroBatcher[ClassifierOutput] | None = None
 
 
 state = State()
@@ -49,7 +51,10 @@ async def lifespan(app: FastAPI):
     # Warm-up at the batch sizes a search sends, so the first request is not slow.
     for batch in (1, 4):
         state.model.run(np.zeros((batch, state.model.input_size, state.model.input_size, 3), np.uint8))
-    log.info("ready: %s classifier %s", settings.category, state.model.version)
+    if settings.micro_batching:
+        state.batcher = MicroBatcher(state.model.run, ClassifierOutput.split, settings.max_batch)
+    log.info("ready: %s classifier %s, batching across requests %s", settings.category, state.model.version,
+             "on" if settings.micro_batching else "off")
     yield
     log.info("stopping")
 
@@ -116,6 +121,9 @@ async def classify(request: Request) -> dict:
     with stage_timer(SERVICE, "decode", timings):
         crops = await read_crops(request, model)
     with stage_timer(SERVICE, "classify", timings):
-        output = await run_in_threadpool(model.run, crops)
+        if state.batcher is not None:
+            output = await state.batcher.submit(crops)
+        else:
+            output = await run_in_threadpool(model.run, crops)
     results = describe_crops(model, output)
     return {"category": settings.category, "model_version": model.version, "results": results, "timings_ms": timings}

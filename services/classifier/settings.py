@@ -20,6 +20,8 @@ class ClassifierSettings(ServiceSettings):
     category: str = Field(..., description=f"high-level class served, one of {', '.join(taxonomy.CLASSIFIER_CATEGORIES)}")
     models_dir: Path = Field(repo_path("models/classifiers"), description="folder with one sub-folder per category")
     max_batch: int = Field(64, ge=1, le=1024, description="most crops accepted in one request")
+    # On by default: see reports/bench.md for throughput with and without it.
+    micro_batching: bool = Field(True, description="run the crops of requests that arrive while the model is busy in one batch")
 
     @model_validator(mode="after")
     def check_category(self) -> "ClassifierSettings":

@@ -11,6 +11,7 @@ fields, JSON keys or query parameters respectively.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -66,11 +67,24 @@ async def lifespan(app: FastAPI):
     state.client = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
     state.downstream = Downstream(state.client)
     state.cache = AnswerCache(settings.redis_url, settings.cache_ttl_seconds, settings.local_cache_entries, settings.redis_timeout_seconds)
+    await warm_up(state.downstream)
     log.info("ready: response cache %s, index created %s", state.cache.backend, state.index.version)
     yield
     await state.client.aclose()
     await state.cache.close()
     log.info("stopping")
+
+
+async def warm_up(downstream: Downstream) -> None:
+    """Read every classifier's /info and open pooled connections before the
+    first search, so it does not pay for them. A classifier that is not up yet
+    is only logged: its /info is read again on first use."""
+    results = await asyncio.gather(
+        *(downstream.info(category, url) for category, url in settings.classifier_urls.items()), return_exceptions=True,
+    )
+    failed = [str(result) for result in results if isinstance(result, Exception)]
+    if failed:
+        log.warning("warm-up: %d of %d classifiers not reachable yet: %s", len(failed), len(results), "; ".join(failed))
 
 
 app = FastAPI(title="Apparel visual search gateway", lifespan=lifespan)
