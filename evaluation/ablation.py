@@ -18,22 +18,16 @@ import json
 import logging
 import os
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
-from tqdm import tqdm
 
 from evaluation import retrieval
-from evaluation.catalog_index import ensure_catalog_index
+from evaluation.catalog_index import ensure_catalog_index, reembed_catalog_index
 from evaluation.data import SPLITS, DatasetLayoutError, load_evaluation_data
 from evaluation.pipeline import Pipeline
 from evaluation.report import write_report
-from services.indexer.indexfiles import IndexGroup, write_index_folder
 from shared.datasets import datasets_dir
-from shared.inference import Classifier
 from shared.settings import repo_path
 
 log = logging.getLogger("evaluation.ablation")
@@ -42,7 +36,6 @@ VARIANTS = ("V0", "V1", "V2", "V3", "V3-noaug")
 # Pairs set beside the source paper's rater preferences (V2 over V1 75/25, V3
 # over V2 67/33), plus what fine-tuning and background augmentation bring.
 PREFERENCE_PAIRS = (("V2", "V1"), ("V3", "V2"), ("V1", "V0"), ("V3", "V3-noaug"))
-BATCH = 32
 
 
 def link_shared_models(variant_dir: Path, models: Path) -> None:
@@ -52,47 +45,6 @@ def link_shared_models(variant_dir: Path, models: Path) -> None:
         link = variant_dir / name
         if not link.exists():
             os.symlink((models / name).resolve(), link, target_is_directory=True)
-
-
-def build_variant_index(production_index: Path, variant_dir: Path, categories: list[str], out: Path) -> Path:
-    """Embed the production index's products of ``categories`` with the
-    variant's classifiers and write them as an index folder of their own."""
-    if (out / "routing.json").exists():
-        return out
-    records = [json.loads(line) for line in (production_index / "products.jsonl").read_text().splitlines() if line.strip()]
-    routing = json.loads((production_index / "routing.json").read_text())
-    by_key: dict[str, list[dict]] = defaultdict(list)
-    for record in records:
-        if record["high_level"] in categories:
-            by_key[record["index_key"]].append(record)
-
-    classifiers = {category: Classifier(variant_dir / "classifiers" / category, threads=2) for category in categories}
-    groups, kept = [], []
-    for key in tqdm(sorted(by_key), desc=f"embedding {variant_dir.name}", mininterval=10):
-        members = by_key[key]
-        model = classifiers[members[0]["high_level"]]
-        vectors = []
-        for start in range(0, len(members), BATCH):
-            batch = members[start : start + BATCH]
-            crops = np.stack([
-                model.crop(Image.open(record["image_path"]).convert("RGB"), np.asarray(record["box"], np.float32)) for record in batch
-            ])
-            vectors.append(model.run(crops).embeddings)
-        groups.append(IndexGroup(key, [record["product_id"] for record in members], np.concatenate(vectors), model.version))
-        kept.extend(members)
-
-    staging = out.with_name(out.name + ".partial")
-    staging.mkdir(parents=True, exist_ok=True)
-    write_index_folder(
-        staging, groups, 1, routing.get("detector_version", "unknown"),
-        {category: model.version for category, model in classifiers.items()},
-        {category: model.embedding_size for category, model in classifiers.items()},
-    )
-    with open(staging / "products.jsonl", "w", encoding="utf-8") as handle:
-        for record in kept:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    staging.rename(out)
-    return out
 
 
 def evaluate_variant(variant_dir: Path, index_dir: Path, photos, categories: list[str]) -> list[retrieval.PhotoSearch]:
@@ -144,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     for variant in variants:
         variant_dir = args.variants / variant
         link_shared_models(variant_dir, args.models)
-        index_dir = build_variant_index(production_index, variant_dir, categories, args.variants / "indices" / f"{production_index.name}-{variant}")
+        index_dir = reembed_catalog_index(production_index, variant_dir, categories, args.variants / "indices" / f"{production_index.name}-{variant}")
         searches = evaluate_variant(variant_dir, index_dir, data.ccp, categories)
         detected = retrieval.summarise([o for s in searches for o in s.detected])
         ground_truth = retrieval.summarise([o for s in searches for o in s.ground_truth])

@@ -4,9 +4,7 @@ smoke run of the command on a handful of real photos and catalog products
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,7 @@ import pytest
 
 from evaluation.retrieval import Query, QueryOutcome, agreement_preference, match_detections, summarise
 from shared import datasets, taxonomy
+from tests.small_data import small_dataset_copy
 from shared.ensemble import weighted_box_fusion
 from shared.inference import Detection
 from shared.metrics import Detections, mean_average_precision, precision_at_k, reciprocal_rank
@@ -135,43 +134,6 @@ def test_relevant_types_of_street_labels():
 
 
 # --- smoke run on real photos ------------------------------------------------------
-
-CATALOG_TYPES = {"Tshirts": 2, "Shirts": 2, "Jeans": 2, "Trousers": 2, "Casual Shoes": 2, "Heels": 2, "Handbags": 2}
-
-
-def small_dataset_copy(root: Path) -> Path:
-    """Lay out three photos of each street set and a few catalog products, as
-    links to the real files, the way the dataset folder is laid out."""
-    source = datasets.datasets_dir()
-    ccp, colorful, catalog = root / datasets.CCP, root / datasets.COLORFUL, root / datasets.CATALOG
-    for folder in (ccp / "photos", ccp / "annotations" / "pixel-level", colorful / "JPEGImages", colorful / "Annotations", catalog / "images"):
-        folder.mkdir(parents=True)
-    os.symlink(source / datasets.CCP / "label_list.mat", ccp / "label_list.mat")
-    for photo_id in ("0004", "0001", "0010"):
-        os.symlink(source / datasets.CCP / "photos" / f"{photo_id}.jpg", ccp / "photos" / f"{photo_id}.jpg")
-        mask = source / datasets.CCP / "annotations" / "pixel-level" / f"{photo_id}.mat"
-        os.symlink(mask, ccp / "annotations" / "pixel-level" / mask.name)
-    for annotation in sorted((source / datasets.COLORFUL / "Annotations").glob("*.xml"))[:3]:
-        os.symlink(annotation, colorful / "Annotations" / annotation.name)
-        photo = f"{annotation.stem}.jpg"
-        os.symlink(source / datasets.COLORFUL / "JPEGImages" / photo, colorful / "JPEGImages" / photo)
-
-    with open(source / datasets.CATALOG / "styles.csv", newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        fields, rows = reader.fieldnames, list(reader)
-    wanted, chosen = dict(CATALOG_TYPES), []
-    for row in rows:
-        if wanted.get(row["articleType"], 0) and (source / datasets.CATALOG / "images" / f"{row['id']}.jpg").exists():
-            wanted[row["articleType"]] -= 1
-            chosen.append(row)
-    with open(catalog / "styles.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(chosen)
-    for row in chosen:
-        os.symlink(source / datasets.CATALOG / "images" / f"{row['id']}.jpg", catalog / "images" / f"{row['id']}.jpg")
-    return root
-
 
 REQUIRED_NUMBERS = [
     "detection.map50", "detection.map50_95", "detection_colorful.map50", "detection_colorful.map50_95",

@@ -1,0 +1,162 @@
+"""Measure search speed and scaling on this machine and write the benchmark report.
+
+    python -m benchmarks.run            # make bench: reports/bench.json and reports/bench.md
+    python -m benchmarks.run --small    # a quick run of every section (the tests use it)
+
+Sections, each measured side by side in one run:
+- fleet: POST /search latency and throughput at several concurrencies through a
+  private fleet on loopback ports, the same searches in one process, an open
+  loop at 70% of peak throughput, time per stage from the services' metrics,
+  and the fleet again with batching across classifier requests turned off;
+- classifier: one batch per photo against one request per crop, and two
+  single-threaded replicas against one process with two threads;
+- hnsw: synthetic 512-D indices up to a million items (``benchmarks.hnsw_scaling``);
+- int8: static QDQ quantization of every model (``training.quantize``), its
+  speed-up, and the change in retrieval type precision@10 on held-out photos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.classifier_bench import run_classifier_bench
+from benchmarks.fleet_bench import closed_loop, run_fleet_bench
+from benchmarks.report import write_bench_report
+from evaluation.catalog_index import ensure_catalog_index
+from evaluation.pipeline import Pipeline
+from shared import datasets
+from shared.processes import start_search_fleet
+from shared.settings import repo_path
+
+log = logging.getLogger("benchmarks")
+
+SECTIONS = ("fleet", "classifier", "hnsw", "int8")
+
+
+def heldout_photos(root: Path, count: int) -> list[datasets.StreetPhoto]:
+    """Return up to ``count`` held-out clothing-co-parsing photos present under ``root``."""
+    folder = root / datasets.CCP / "photos"
+    ids = [photo_id for photo_id in sorted(datasets.heldout_ids(datasets.CCP)) if (folder / f"{photo_id}.jpg").exists()]
+    return datasets.read_ccp(root, ids[:count])
+
+
+def fleet_section(root: Path, models: Path, index_dir: Path, photos: list[datasets.StreetPhoto], small: bool) -> dict[str, Any]:
+    paths = [photo.path for photo in photos]
+    pipeline = Pipeline(models, index_dir, threads=2)
+    options = dict(concurrencies=(1, 2) if small else (1, 2, 4, 8), requests_per_level=6 if small else 60,
+                   open_loop_seconds=3 if small else 20)
+    result: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as log_dir:
+        fleet = start_search_fleet(index_dir, models, Path(log_dir), extra_env={"GATEWAY_CACHE_TTL_SECONDS": "0"})
+        try:
+            urls = {name: service.url for name, service in fleet.services.items()}
+            result.update(run_fleet_bench(urls["gateway"], urls, pipeline, paths, **options))
+        finally:
+            fleet.stop_all()
+
+    # The same closed loop with each classifier answering its requests one by one.
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-unbatched-") as log_dir:
+        fleet = start_search_fleet(index_dir, models, Path(log_dir), extra_env={
+            "GATEWAY_CACHE_TTL_SECONDS": "0", "CLASSIFIER_MICRO_BATCHING": "false",
+        })
+        try:
+            photos_bytes = [path.read_bytes() for path in paths]
+            gateway = fleet.services["gateway"].url
+            asyncio.run(closed_loop(gateway, photos_bytes, 2, min(8, len(photos_bytes))))
+            top = options["concurrencies"][-1]
+            result["without_micro_batching"] = asyncio.run(closed_loop(gateway, photos_bytes, top, options["requests_per_level"]))
+        finally:
+            fleet.stop_all()
+    with_batching = next(level for level in result["closed_loop"] if level["concurrency"] == options["concurrencies"][-1])
+    result["micro_batching_throughput_gain"] = (
+        with_batching["throughput_per_second"] / result["without_micro_batching"]["throughput_per_second"]
+    )
+    return result
+
+
+def int8_section(root: Path, models: Path, index_dir: Path, photos: list[datasets.StreetPhoto], small: bool, work: Path) -> dict[str, Any]:
+    from evaluation import retrieval
+    from evaluation.catalog_index import reembed_catalog_index
+    from training.quantize import measure_speed, quantize_models
+
+    out = work / "models-int8"
+    only = ["detector", "tie"] if small else None
+    quantized = quantize_models(models, out, 8 if small else 120, only=only)
+    speed = measure_speed(models, out)
+    result: dict[str, Any] = {"quantize": quantized, "speed": speed}
+
+    categories = sorted({key.split("/")[0] for key in json.loads((index_dir / "routing.json").read_text())["keys"]})
+    if small:
+        return result
+    int8_index = reembed_catalog_index(index_dir, out, categories, work / "index-int8")
+    fp32 = retrieval.search_photos(Pipeline(models, index_dir), photos, desc="retrieval fp32")
+    int8 = retrieval.search_photos(Pipeline(out, int8_index), photos, desc="retrieval int8")
+    fp32_precision = retrieval.summarise([o for s in fp32 for o in s.detected])["type_precision_at_10"]
+    int8_precision = retrieval.summarise([o for s in int8 for o in s.detected])["type_precision_at_10"]
+    result["quality"] = {"fp32_type_precision_at_10": fp32_precision, "int8_type_precision_at_10": int8_precision,
+                         "photos": len(photos), "note": "int8 detector and classifiers; catalog re-embedded by the int8 classifiers"}
+    result["type_precision_at_10_change_points"] = (int8_precision - fp32_precision) * 100
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", type=Path, default=None, help="dataset root; default $DATASETS_DIR or ../shared/datasets")
+    parser.add_argument("--models", type=Path, default=repo_path("models"), help="models folder")
+    parser.add_argument("--out", type=Path, default=repo_path("reports"), help="folder for bench.json, bench.md and figures")
+    parser.add_argument("--cache-dir", type=Path, default=repo_path("var/eval"), help="where catalog indices are cached")
+    parser.add_argument("--work-dir", type=Path, default=repo_path("var/bench"), help="where quantized models and indices go")
+    parser.add_argument("--photos", type=int, default=60, help="held-out street photos to search")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run")
+    parser.add_argument("--hnsw-sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000], help="items per synthetic index")
+    parser.add_argument("--small", action="store_true", help="a quick run of each section on tiny settings")
+    parser.add_argument("--log-level", default="INFO", help="logging level")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    root = (args.datasets or datasets.datasets_dir()).resolve()
+    photos = heldout_photos(root, 5 if args.small else args.photos)
+    started = time.monotonic()
+    report: dict[str, Any] = {
+        "machine": {"cores": os.cpu_count(), "processor": platform.processor() or platform.machine(), "python": platform.python_version()},
+        "small": args.small,
+        "photos": len(photos),
+    }
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+
+    if "fleet" in args.sections or "int8" in args.sections:
+        index_dir = ensure_catalog_index(root, args.models, args.cache_dir)
+    if "fleet" in args.sections:
+        report["fleet"] = fleet_section(root, args.models, index_dir, photos, args.small)
+    if "classifier" in args.sections:
+        report["classifier"] = run_classifier_bench(
+            args.models, photos, groups_count=3 if args.small else 30, requests=12 if args.small else 200,
+        )
+    if "hnsw" in args.sections:
+        from benchmarks.hnsw_scaling import run_hnsw_scaling
+
+        sizes = (2000, 5000) if args.small else tuple(args.hnsw_sizes)
+        report["hnsw"] = run_hnsw_scaling(sizes=sizes, queries=32 if args.small else 200,
+                                          **({"ef_values": (10, 40), "min_timing_seconds": 0.2} if args.small else {}))
+    if "int8" in args.sections:
+        report["int8"] = int8_section(root, args.models, index_dir, photos, args.small, args.work_dir)
+
+    report["seconds"] = round(time.monotonic() - started, 1)
+    write_bench_report(report, args.out)
+    log.info("wrote %s in %.0f s", args.out / "bench.json", report["seconds"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
