@@ -34,7 +34,7 @@ SPLIT ?= heldout
 ABLATION_CATEGORIES ?= top bottom
 ABLATION_EPOCHS ?= 4
 
-.PHONY: install install-dev models report manifest index demo test eval ablation
+.PHONY: install install-dev models report manifest index demo test eval ablation bench
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -86,6 +86,9 @@ eval: install-dev ## measure search quality on DATASETS (SPLIT=heldout|all): rep
 ablation: install-dev ## train the embedding ablation variants, evaluate them and merge them into reports/quality.* (after make eval)
 	$(VENV)/bin/python -m training.ablation --datasets $(DATASETS) --categories $(ABLATION_CATEGORIES) --epochs $(ABLATION_EPOCHS) --out var/ablation
 	$(VENV)/bin/python -m evaluation.ablation --datasets $(DATASETS) --split $(SPLIT) --variants var/ablation
+
+bench: install-dev ## measure speed and scaling on this machine: reports/bench.json and bench.md (about 40 minutes on 2 cores)
+	$(VENV)/bin/python -m benchmarks.run --datasets $(DATASETS)
 
 test: install-dev ## run the test suite (starts its own services; needs Redis on 127.0.0.1:6379)
 	$(VENV)/bin/python -m pytest -q
