@@ -2,14 +2,14 @@
 the same models and indices called in one process, and where the time goes.
 
 - closed loop at several concurrencies: each of C clients sends its next
-  photo as soon as its previous answer arrives;
+  photo as soon as the response to its previous one arrives;
 - open loop at a fixed rate (70% of the best closed-loop throughput):
-  requests start on a schedule whatever the answers do, which is how load
+  requests start on a schedule whatever the responses do, which is how load
   from many users behaves and what shows queueing in the tail;
 - time per stage, read from every service's own ``apparel_stage_seconds``
   histogram before and after the concurrency-1 run.
 
-The gateway's answer cache is off (``GATEWAY_CACHE_TTL_SECONDS=0``) so every
+The gateway's response cache is off (``GATEWAY_CACHE_TTL_SECONDS=0``) so every
 request is computed.
 """
 
@@ -52,13 +52,13 @@ async def _post(client: httpx.AsyncClient, gateway: str, data: bytes) -> float:
     response.raise_for_status()
     answer = response.json()
     if answer.get("degraded"):
-        raise RuntimeError(f"degraded answer: {answer['degraded']}")
+        raise RuntimeError(f"the gateway returned a degraded response: {answer['degraded']}")
     return elapsed
 
 
 async def closed_loop(gateway: str, photos: list[bytes], concurrency: int, requests: int) -> dict[str, Any]:
     """Send ``requests`` searches from ``concurrency`` clients, each waiting for
-    its answer before sending the next; returns latency percentiles and throughput."""
+    its response before sending the next; returns latency percentiles and throughput."""
     latencies: list[float] = []
     counter = iter(range(requests))
 

@@ -87,7 +87,12 @@ def render_markdown(report: dict[str, Any], figures: Path) -> str:
     ]
     for name, (sign, target) in TARGETS.items():
         value = report.get(name)
-        met = "-" if value is None else ("yes" if (value <= target if sign == "<=" else value >= target) else "no")
+        if value is None:
+            met = "-"
+        elif sign == "<=":
+            met = "yes" if value <= target else "no"
+        else:
+            met = "yes" if value >= target else "no"
         lines.append(f"| `{name}` | {_number(value)} | {sign} {target:g} | {met} |")
     lines.append("")
     if "fleet" in report:

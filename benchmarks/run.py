@@ -64,7 +64,7 @@ def fleet_section(root: Path, models: Path, index_dir: Path, photos: list[datase
         finally:
             fleet.stop_all()
 
-    # The same closed loop with each classifier answering its requests one by one.
+    # The same closed loop with each classifier running its requests one by one.
     with tempfile.TemporaryDirectory(prefix="bench-fleet-unbatched-") as log_dir:
         fleet = start_search_fleet(index_dir, models, Path(log_dir), extra_env={
             "GATEWAY_CACHE_TTL_SECONDS": "0", "CLASSIFIER_MICRO_BATCHING": "false",

@@ -1,4 +1,4 @@
-"""Check that the running fleet answers like the in-process pipeline: POST
+"""Check that the running fleet returns what the in-process pipeline returns: POST
 /search on every evaluated photo must return the same items with the same
 top product ids, in the same order."""
 
@@ -28,17 +28,17 @@ def search_ids(client: httpx.Client, gateway: str, photo: datasets.StreetPhoto) 
     response.raise_for_status()
     answer = response.json()
     if answer.get("degraded"):
-        raise RuntimeError(f"the fleet answered photo {photo.photo_id} degraded: {answer['degraded']}")
+        raise RuntimeError(f"the fleet returned a degraded response for photo {photo.photo_id}: {answer['degraded']}")
     return [[result["product_id"] for result in item["results"]] for item in answer["items"]]
 
 
 def compare_with_fleet(
     photos: list[datasets.StreetPhoto], searches: list[PhotoSearch], models: Path, index_dir: Path, gateway: str | None = None,
 ) -> dict[str, Any]:
-    """Search every photo through a fleet and compare with the in-process answers.
+    """Search every photo through a fleet and compare with the in-process results.
 
     With ``gateway`` unset, a private fleet is started on free loopback ports
-    for the same models and index, with the answer cache off, and stopped after.
+    for the same models and index, with the response cache off, and stopped after.
     """
     by_photo = {search.photo_id: search.plain_search_ids for search in searches}
     mismatches: list[dict[str, Any]] = []

@@ -90,7 +90,7 @@ def colour_reranking(pipeline: Pipeline, photos: list[datasets.StreetPhoto]) -> 
 def hnsw_recall(pipeline: Pipeline, photos: list[datasets.StreetPhoto], k: int = 10) -> dict[str, Any]:
     """Recall@k of the served HNSW indices against exact search over the same
     vectors, for each ground-truth query in every index of its class that
-    holds more than k products."""
+    contains more than k products."""
     exact_vectors: dict[str, np.ndarray] = {}
     recalls = []
     for photo in tqdm(photos, desc="HNSW recall", unit="photo", mininterval=10):

@@ -82,7 +82,10 @@ def _aims_section(report: dict) -> list[str]:
     lines = ["## Aims", "", "| figure | measured | aim | met |", "| --- | --- | --- | --- |"]
     for name, (*path, aim) in AIMS.items():
         value = _lookup(report, tuple(path))
-        met = "-" if value is None else ("yes" if value >= aim else "no")
+        if value is None:
+            met = "-"
+        else:
+            met = "yes" if value >= aim else "no"
         lines.append(f"| {name} | {_number(value)} | {aim:.2f} | {met} |")
     fleet = report["retrieval"].get("fleet_equals_in_process")
     lines += ["", f"POST /search on the fleet returns the same top-10 products as the in-process pipeline for every photo: "

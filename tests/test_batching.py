@@ -1,4 +1,4 @@
-"""Batching across concurrent requests: merged calls, split answers, errors."""
+"""Batching across concurrent requests: merged calls, split outputs, errors."""
 
 from __future__ import annotations
 
