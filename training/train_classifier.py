@@ -8,6 +8,9 @@ other task, as in Tran et al. (2019); unknown labels are skipped. Training uses
 two cycles of a triangular cyclic learning rate. Catalog crops come with
 background-augmented copies (``training.augment``); street crops are labelled
 from their masks and boxes. Runs resume from ``RUN_DIR/checkpoint.pt``.
+
+For ablations (``training.ablation``), ``--tasks`` switches some losses off and
+``--freeze-trunk`` trains only the heads on the pretrained features.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from training.nets import NORMALISATION, STRIDE_32_END, ClassifierForExport, Mul
 log = logging.getLogger("training.train_classifier")
 
 TASK_WEIGHTS = {"type": 1.0, "colour": 0.3, "usage": 0.1, "pattern": 0.1, "season": 0.1, "wearer": 1.0}
+CLASSIFIER_TASKS = ("type", *taxonomy.ATTRIBUTES)
 CACHE = Path("var/cache/classifier")
 
 
@@ -112,12 +116,21 @@ def evaluate(model: MultiTaskClassifier, crop_set: CropSet, features: torch.Tens
 def fit(
     model: MultiTaskClassifier, train_set: CropSet, validation_set: CropSet, run: RunDirectory,
     args: argparse.Namespace, class_weights: dict[str, torch.Tensor] | None = None,
+    tasks: list[str] | None = None,
 ) -> float:
-    """Train with two cycles of a triangular cyclic learning rate; return seconds spent."""
+    """Train with two cycles of a triangular cyclic learning rate; return seconds spent.
+
+    Only the losses of ``tasks`` (default: every head) are on. The heads of the
+    other tasks are frozen, so they keep their random initialisation.
+    """
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     block = args.freeze_through
     model.trunk.freeze_through(block)
+    trained_tasks = [task for task in model.task_names if tasks is None or task in tasks]
+    for task in model.task_names:
+        if task not in trained_tasks:
+            model.branches[f"{task}_branch"].requires_grad_(False)
     started_all = time.time()
     train_features = cache_views(model, train_set, block, not args.no_augment, "train")
     validation_features = cache_views(model, validation_set, block, False, "validation")
@@ -131,7 +144,7 @@ def fit(
         optimizer, base_lr=args.lr / 20, max_lr=args.lr, step_size_up=max(1, total_steps // 4),
         mode="triangular", cycle_momentum=False,
     )
-    losses = {task: nn.CrossEntropyLoss(ignore_index=IGNORE, weight=(class_weights or {}).get(task)) for task in model.task_names}
+    losses = {task: nn.CrossEntropyLoss(ignore_index=IGNORE, weight=(class_weights or {}).get(task)) for task in trained_tasks}
 
     start_epoch, seconds = 1, time.time() - started_all
     state = run.load_checkpoint()
@@ -148,7 +161,7 @@ def fit(
         freeze_batch_norm(model.trunk)
         started = time.time()
         order = rng.permutation(len(train_set.item_ids))
-        totals = {task: 0.0 for task in model.task_names}
+        totals = {task: 0.0 for task in trained_tasks}
         progress = tqdm(range(steps_per_epoch), desc=f"{run.path.name} epoch {epoch}/{args.epochs}", mininterval=10)
         for batch_index in progress:
             indices = np.sort(order[batch_index * args.batch_size : (batch_index + 1) * args.batch_size])
@@ -156,7 +169,7 @@ def fit(
             batch = train_features[torch.from_numpy(indices), torch.from_numpy(views)].float()
             _, logits, _ = model.forward_after(batch, block)
             loss = torch.zeros(())
-            for task in model.task_names:
+            for task in trained_tasks:
                 target = torch.from_numpy(train_set.labels[task][indices])
                 if (target != IGNORE).any():
                     task_loss = losses[task](logits[task], target)
@@ -250,7 +263,19 @@ def _first_ids(root: Path, dataset: str, count: int) -> list[str]:
     return sorted(p.stem for p in (root / dataset / "Annotations").glob("*.xml"))[:count]
 
 
-def main(argv: list[str] | None = None) -> None:
+def classifier_summary(category: str, args: argparse.Namespace, untrained: list[str]) -> str:
+    """Return the one-sentence description of the network for the model card."""
+    if args.freeze_trunk:
+        trunk = "frozen at its ImageNet weights"
+    else:
+        trunk = f"fine-tuned from block {args.freeze_through + 1}"
+    heads = "five task heads" + (f" ({', '.join(untrained)} untrained)" if untrained else "")
+    return (f"Multi-task classifier and embedder of {category} crops: EfficientNet-Lite0 (ImageNet) "
+            f"blocks 0-{args.last_block}, {trunk}, {heads}.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the command-line parser; ``training.ablation`` reads the resolved defaults from it."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--category", required=True, choices=taxonomy.CLASSIFIER_CATEGORIES, help="high-level class to train")
     parser.add_argument("--catalog-boxes", type=Path, default=Path("runs/catalog_boxes.json"), help="product boxes from training.catalog_boxes")
@@ -259,6 +284,16 @@ def main(argv: list[str] | None = None) -> None:
     add_training_arguments(parser, epochs=8, size=160, freeze=10)
     parser.add_argument("--last-block", type=int, default=STRIDE_32_END,
                         help=f"last Lite0 block kept (default {STRIDE_32_END}); 14 drops the final block, for small categories")
+    parser.add_argument("--tasks", nargs="+", choices=CLASSIFIER_TASKS, default=list(CLASSIFIER_TASKS),
+                        help="tasks whose loss is on (default: all); every head is still exported, the others untrained")
+    parser.add_argument("--freeze-trunk", action="store_true",
+                        help="freeze the stem and every kept block, overriding --freeze-through: only the heads train "
+                             "and the embedding stays the pretrained ImageNet feature")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
@@ -267,31 +302,49 @@ def main(argv: list[str] | None = None) -> None:
     log.info("%s: %d training crops (%d street), %d validation crops", category, len(train_set.item_ids),
              int((train_set.source == "street").sum()), len(validation_set.item_ids))
     tasks = {"type": len(taxonomy.FINE_CLASSES[category]), **{name: len(v) for name, v in taxonomy.ATTRIBUTES.items()}}
-    if not args.freeze_through < args.last_block <= STRIDE_32_END:
+    if args.last_block > STRIDE_32_END or (not args.freeze_trunk and args.freeze_through >= args.last_block):
         parser.error(f"--last-block must lie after --freeze-through ({args.freeze_through}) and be at most {STRIDE_32_END}")
+    if args.freeze_trunk:
+        # Caching the last block's map leaves no trunk block to train.
+        args.freeze_through = args.last_block
+    trained_tasks = [task for task in tasks if task in args.tasks]
     model = MultiTaskClassifier(tasks, last_block=args.last_block)
     run = RunDirectory(args.run_dir or Path(f"runs/classifier-{category}"))
-    seconds = fit(model, train_set, validation_set, run, args)
+    seconds = fit(model, train_set, validation_set, run, args, tasks=trained_tasks)
 
     if args.out:
         model.eval()
         last = run.read_log()[-1]
         vocabularies = {"type": list(taxonomy.FINE_CLASSES[category]), **{k: list(v) for k, v in taxonomy.ATTRIBUTES.items()}}
-        export.export_classifier(ClassifierForExport(model).eval(), args.out, f"classifier-{category}", {
+        untrained = [task for task in vocabularies if task not in trained_tasks]
+        # Accuracies of untrained heads are chance figures, so the card leaves them out.
+        validation = {
+            k: v for k, v in last.items()
+            if k.startswith("val_") and k.removeprefix("val_").split("_", 1)[1] in trained_tasks
+        }
+        card = {
             "kind": "classifier",
             "category": category,
-            "summary": f"Multi-task classifier and embedder of {category} crops: EfficientNet-Lite0 (ImageNet) "
-                       f"blocks 0-{args.last_block}, fine-tuned from block {args.freeze_through + 1}, five task heads.",
+            "summary": classifier_summary(category, args, untrained),
             "tasks": vocabularies,
-            "loss_weights": {task: TASK_WEIGHTS[task] for task in vocabularies},
+            "loss_weights": {task: TASK_WEIGHTS[task] for task in trained_tasks},
             "training": {
                 "data": f"{len(train_set.item_ids)} crops: catalog products of the class outside the held-out split "
                         f"({args.views - 1} background-augmented copies each{' (disabled)' if args.no_augment else ''}) "
                         "and street crops outside the held-out split",
                 "epochs": args.epochs, "seconds": seconds, "schedule": "two cycles of a triangular cyclic learning rate",
-                "validation": {k: v for k, v in last.items() if k.startswith("val_")},
+                "validation": validation,
             },
-        }, args.size)
+        }
+        if untrained:
+            card["untrained_heads"] = {
+                "tasks": untrained,
+                "note": "exported so the ONNX outputs match the full model's, but never trained: "
+                        "their probabilities and task features carry no information",
+            }
+        if args.freeze_trunk:
+            card["trunk_frozen"] = True
+        export.export_classifier(ClassifierForExport(model).eval(), args.out, f"classifier-{category}", card, args.size)
         store_center(args.out, train_set.images[train_set.source == "catalog", 0])
 
 
