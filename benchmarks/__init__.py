@@ -1,0 +1,1 @@
+"""Benchmarks of the search service's building blocks; each module has a command line."""
