@@ -21,7 +21,7 @@ from shared.imaging import square_crop
 log = logging.getLogger(__name__)
 
 TASK_FEATURE_SIZE = 128
-COLOUR_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0)
+COLOUR_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 CANDIDATES = 30
 
 

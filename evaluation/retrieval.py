@@ -136,13 +136,13 @@ def match_detections(queries: list[Query], items: list[dict[str, Any]]) -> list[
 
 
 def search_photo(pipeline: Pipeline, photo: datasets.StreetPhoto, settings: GatewaySettings | None = None,
-                 results: int = RESULTS, detected: bool = True) -> PhotoSearch:
+                 results: int = RESULTS, detected: bool = True, ground_truth: bool = True) -> PhotoSearch:
     """Run the ground-truth and detected searches of one photo."""
     image = load_photo(photo.path)
     queries = photo_queries(photo, np.asarray(image))
     outcome = PhotoSearch(photo.photo_id)
 
-    for query in queries:
+    for query in queries if ground_truth else []:
         options = SearchOptions(region=[float(v) for v in query.box], region_class=query.high_level, results_per_item=results)
         answer = pipeline.search(image, options, settings)
         outcome.ground_truth.append(QueryOutcome(query, describe_results(answer["items"][0]["results"])))
@@ -160,10 +160,10 @@ def search_photo(pipeline: Pipeline, photo: datasets.StreetPhoto, settings: Gate
 
 
 def search_photos(pipeline: Pipeline, photos: list[datasets.StreetPhoto], settings: GatewaySettings | None = None,
-                  detected: bool = True, desc: str = "retrieval") -> list[PhotoSearch]:
+                  detected: bool = True, ground_truth: bool = True, desc: str = "retrieval") -> list[PhotoSearch]:
     searches = []
     for photo in tqdm(photos, desc=desc, unit="photo", mininterval=10):
-        searches.append(search_photo(pipeline, photo, settings, detected=detected))
+        searches.append(search_photo(pipeline, photo, settings, detected=detected, ground_truth=ground_truth))
     return searches
 
 

@@ -34,6 +34,8 @@ from shared.settings import repo_path
 log = logging.getLogger("evaluation")
 
 TOP_FINE_CLASS_OPTIONS = (1, 2, 3)
+# Detection scores from which an item is searched, for the detected-box figures.
+MIN_ITEM_SCORE_OPTIONS = (0.3, 0.4, 0.5)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,6 +108,15 @@ def evaluate_retrieval(pipeline: Pipeline, data, args: argparse.Namespace, index
             for k, runs in by_k.items()
         },
     }
+    section["min_item_score"] = {}
+    for score in MIN_ITEM_SCORE_OPTIONS:
+        if score == pipeline.settings.min_item_score:
+            runs = searches
+        else:
+            settings = pipeline.make_settings(min_item_score=score)
+            runs = retrieval.search_photos(pipeline, data.ccp, settings, ground_truth=False, desc=f"retrieval, items from score {score}")
+        section["min_item_score"][f"{score:g}"] = retrieval.summarise([o for s in runs for o in s.detected])
+        section["min_item_score"][f"{score:g}"]["items_per_photo"] = float(sum(len(s.plain_search_ids) for s in runs) / max(len(runs), 1))
     log.info("retrieval: ground truth type P@10 %.3f, detected %.3f (%.0f s)",
              section["ground_truth"].get("type_precision_at_10", 0), section["detected"].get("type_precision_at_10", 0),
              time.monotonic() - started)

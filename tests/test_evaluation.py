@@ -193,6 +193,7 @@ def test_smoke_fleet_matches_in_process(smoke_report):
 def test_smoke_ranking_options_present(smoke_report):
     assert set(lookup(smoke_report, "retrieval.top_fine_classes")) == {"1", "2", "3"}
     assert "0" in lookup(smoke_report, "retrieval.colour_reranking")
+    assert set(lookup(smoke_report, "retrieval.min_item_score")) == {"0.3", "0.4", "0.5"}
     assert "hnsw_recall_at_10" in smoke_report["retrieval"]
 
 
