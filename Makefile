@@ -87,8 +87,8 @@ ablation: install-dev ## train the embedding ablation variants, evaluate them an
 	$(VENV)/bin/python -m training.ablation --datasets $(DATASETS) --categories $(ABLATION_CATEGORIES) --epochs $(ABLATION_EPOCHS) --out var/ablation
 	$(VENV)/bin/python -m evaluation.ablation --datasets $(DATASETS) --split $(SPLIT) --variants var/ablation
 
-bench: install-dev ## measure speed and scaling on this machine: reports/bench.json and bench.md (about 40 minutes on 2 cores)
-	$(VENV)/bin/python -m benchmarks.run --datasets $(DATASETS)
+bench: install-dev ## measure speed and scaling on this machine: reports/bench.json and bench.md (about 20 minutes on 2 cores; HNSW_RESULT=FILE reuses an earlier HNSW run)
+	$(VENV)/bin/python -m benchmarks.run --datasets $(DATASETS) $(if $(HNSW_RESULT),--hnsw-result $(HNSW_RESULT))
 
 test: install-dev ## run the test suite (starts its own services; needs Redis on 127.0.0.1:6379)
 	$(VENV)/bin/python -m pytest -q

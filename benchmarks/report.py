@@ -103,6 +103,9 @@ def render_markdown(report: dict[str, Any], figures: Path) -> str:
         from benchmarks.hnsw_scaling import plot_hnsw_scaling, render_hnsw_markdown
 
         plot_hnsw_scaling(report["hnsw"], figures / "bench-hnsw.png")
+        if report["hnsw"].get("reused_from"):
+            lines += [f"The HNSW figures come from an earlier run of `benchmarks.hnsw_scaling` on this machine, read from "
+                      f"`{report['hnsw']['reused_from']}`, not from this run.", ""]
         lines += [render_hnsw_markdown(report["hnsw"], "figures/bench-hnsw.png"), ""]
     if "int8" in report:
         lines += _int8_section(report["int8"])

@@ -119,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--photos", type=int, default=60, help="held-out street photos to search")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run")
     parser.add_argument("--hnsw-sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000], help="items per synthetic index")
+    parser.add_argument("--hnsw-result", type=Path, default=None,
+                        help="use this earlier `python -m benchmarks.hnsw_scaling` result instead of measuring again "
+                             "(the million-item build takes about 20 minutes on 2 cores)")
     parser.add_argument("--small", action="store_true", help="a quick run of each section on tiny settings")
     parser.add_argument("--log-level", default="INFO", help="logging level")
     args = parser.parse_args(argv)
@@ -143,7 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         report["classifier"] = run_classifier_bench(
             args.models, photos, groups_count=3 if args.small else 30, requests=12 if args.small else 200,
         )
-    if "hnsw" in args.sections:
+    if "hnsw" in args.sections and args.hnsw_result:
+        report["hnsw"] = json.loads(args.hnsw_result.read_text())
+        report["hnsw"]["reused_from"] = str(args.hnsw_result)
+        log.info("HNSW figures taken from %s", args.hnsw_result)
+    elif "hnsw" in args.sections:
         from benchmarks.hnsw_scaling import run_hnsw_scaling
 
         sizes = (2000, 5000) if args.small else tuple(args.hnsw_sizes)

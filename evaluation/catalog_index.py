@@ -74,6 +74,7 @@ def ensure_catalog_index(root: Path, models: Path, cache_dir: Path, shards: int 
     summary = job.run(argparse.Namespace(
         manifest=manifest, out=index_dir, models=models, shards=shards, limit=None,
         dedup_distance=options["dedup_distance"], score_floor=options["score_floor"], batch_size=16, threads=threads,
+        detector_ensemble=False,
     ))
     log.info("indexed %d products in %d indices in %.0f s", summary["indexed"], summary["keys"], summary["seconds"])
     return index_dir

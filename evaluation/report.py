@@ -105,8 +105,10 @@ def _detection_section(report: dict) -> list[str]:
         "mAP@0.5 with Pascal VOC all-point interpolation; mAP@0.5:0.95 averages IoU 0.50 to 0.95. Clothing-co-parsing boxes "
         "come from the pixel masks; colorful-fashion boxes are mapped onto the high-level classes, and its shoe boxes are "
         "ignored (they cover one shoe or both, the detector finds one box per shoe). The ensemble is the query-time detector "
-        f"run on the views {', '.join(ensemble.get('views', []))} (x0.75: the photo shrunk inside a grey border; x1.5: "
-        "four overlapping tiles, each shown at 1.5 times the scale), fused per class by weighted box fusion.",
+        f"run on the views {', '.join(ensemble.get('views', []))} (a scale below 1 shrinks the photo inside a grey border; "
+        "above 1, four overlapping tiles each show part of the photo at that scale), fused per class by "
+        f"{'non-maximum suppression' if ensemble.get('fusion') == 'nms' else 'weighted box fusion'}. The views and fusion "
+        "were chosen on the held-out photos (see `shared/ensemble.py`), so the ensemble's gain there is optimistic.",
         "",
         "| | detector | ensemble |",
         "| --- | --- | --- |",

@@ -27,7 +27,7 @@ from evaluation.pipeline import Pipeline
 from evaluation.report import write_report
 from shared import taxonomy
 from shared.datasets import datasets_dir
-from shared.ensemble import DEFAULT_VIEWS, EnsembleDetector
+from shared.ensemble import EnsembleDetector
 from shared.inference import Detector
 from shared.settings import repo_path
 
@@ -66,7 +66,7 @@ def complete_per_class(section: dict[str, Any], detector_classes: list[str]) -> 
 
 def evaluate_detection(models: Path, data, figures: Path, threads: int) -> dict[str, Any]:
     detector = Detector(models / "detector", threads)
-    ensemble = EnsembleDetector(detector, DEFAULT_VIEWS)
+    ensemble = EnsembleDetector(detector)
     sections: dict[str, Any] = {}
     started = time.monotonic()
     sections["detection"], predictions, truths = detection.evaluate_detector(detector, data.ccp)
@@ -78,6 +78,7 @@ def evaluate_detection(models: Path, data, figures: Path, threads: int) -> dict[
     started = time.monotonic()
     sections["detection_ensemble"] = detection.evaluate_detector(ensemble, data.ccp)[0]
     sections["detection_ensemble"]["views"] = [view.name for view in ensemble.views]
+    sections["detection_ensemble"]["fusion"] = ensemble.fusion
     sections["detection_ensemble_colorful"] = detection.evaluate_detector(ensemble, data.colorful)[0]
     log.info("ensemble: mAP@0.5 %.3f, colorful-fashion %.3f (%.0f s)",
              sections["detection_ensemble"]["map50"], sections["detection_ensemble_colorful"]["map50"], time.monotonic() - started)

@@ -13,7 +13,7 @@ import pytest
 from evaluation.retrieval import Query, QueryOutcome, agreement_preference, match_detections, summarise
 from shared import datasets, taxonomy
 from tests.small_data import small_dataset_copy
-from shared.ensemble import weighted_box_fusion
+from shared.ensemble import nms_fusion, weighted_box_fusion
 from shared.inference import Detection
 from shared.metrics import Detections, mean_average_precision, precision_at_k, reciprocal_rank
 
@@ -124,6 +124,13 @@ def test_weighted_box_fusion_averages_and_demotes():
     assert by_label["top"].score == pytest.approx(0.6)
     # Seen by one run of two: half its score.
     assert by_label["bag"].score == pytest.approx(0.3)
+
+
+def test_nms_fusion_keeps_best_per_class():
+    run_a = [Detection(np.array([0, 0, 10, 10], np.float32), "top", 0.6)]
+    run_b = [Detection(np.array([1, 0, 11, 10], np.float32), "top", 0.8), Detection(np.array([1, 0, 11, 10], np.float32), "dress", 0.5)]
+    fused = nms_fusion([run_a, run_b], iou_threshold=0.6, max_detections=10)
+    assert [(d.label, d.score) for d in fused] == [("top", 0.8), ("dress", 0.5)]
 
 
 def test_relevant_types_of_street_labels():

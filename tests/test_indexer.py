@@ -254,3 +254,14 @@ def test_dedup_needs_same_brand():
     brands = [job.brand_of("Timberland Men Black Wallet"), job.brand_of("timberland Men Black Wallets"), job.brand_of("Reid & Taylor Men Black Wallet")]
     assert job.deduplicate(ids, vectors, 0.02, brands) == [0, 2]
     assert job.deduplicate(ids, vectors, 0.02) == [0]
+
+
+def test_job_with_detector_ensemble(tmp_path, models):
+    manifest = tmp_path / "manifest.jsonl"
+    assert adapters_main(["--out", str(manifest), "--limit", "3"]) == 0
+    out = tmp_path / "index"
+    code = job.main(["--manifest", str(manifest), "--out", str(out), "--models", str(models), "--detector-ensemble", "--threads", "1"])
+    assert code == 0
+    routing = json.loads((out / "routing.json").read_text())
+    assert "+ensemble-nms:" in routing["detector_version"]
+    assert json.loads((out / "summary.json").read_text())["indexed"] == 3
