@@ -242,7 +242,9 @@ def _ranking_section(report: dict) -> list[str]:
         for score, figures in by_score.items():
             lines.append(f"| {score} | {_number(figures.get('type_precision_at_10'))} | {_number(figures.get('colour_agreement_at_10'))} | "
                          f"{_number(figures.get('found'))} | {_number(figures.get('items_per_photo'), 1)} |")
-        lines.append("")
+        lines += ["", f"The service searches items from score {retrieval['settings']['min_item_score']:g}: a lower floor finds more "
+                  "true items, but most of the items it adds are not there (`reports/thresholds.md` matches detections to true "
+                  "items by score band), and a shopper sees each of them as a wrong result.", ""]
 
     rerank = retrieval.get("colour_reranking", {})
     if rerank:
