@@ -7,7 +7,7 @@ Sections, each measured side by side in one run:
 - fleet: POST /search latency and throughput at several concurrencies through a
   private fleet on loopback ports, the same searches in one process, an open
   loop at 70% of peak throughput, time per stage from the services' metrics,
-  and the fleet again with batching across classifier requests turned off;
+  and the fleet again with batching across classifier requests turned on;
 - classifier: one batch per photo against one request per crop, and two
   single-threaded replicas against one process with two threads;
 - hnsw: synthetic 512-D indices up to a million items (``benchmarks.hnsw_scaling``);
@@ -52,7 +52,8 @@ def heldout_photos(root: Path, count: int) -> list[datasets.StreetPhoto]:
 
 def fleet_section(root: Path, models: Path, index_dir: Path, photos: list[datasets.StreetPhoto], small: bool) -> dict[str, Any]:
     paths = [photo.path for photo in photos]
-    pipeline = Pipeline(models, index_dir, threads=2)
+    # One thread, as each service of the local fleet runs with.
+    pipeline = Pipeline(models, index_dir, threads=1)
     options = dict(concurrencies=(1, 2) if small else (1, 2, 4, 8), requests_per_level=6 if small else 60,
                    open_loop_seconds=3 if small else 20)
     result: dict[str, Any] = {}
@@ -64,22 +65,22 @@ def fleet_section(root: Path, models: Path, index_dir: Path, photos: list[datase
         finally:
             fleet.stop_all()
 
-    # The same closed loop with each classifier running its requests one by one.
-    with tempfile.TemporaryDirectory(prefix="bench-fleet-unbatched-") as log_dir:
+    # The same closed loop with each classifier batching the crops of requests that queue up.
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-batched-") as log_dir:
         fleet = start_search_fleet(index_dir, models, Path(log_dir), extra_env={
-            "GATEWAY_CACHE_TTL_SECONDS": "0", "CLASSIFIER_MICRO_BATCHING": "false",
+            "GATEWAY_CACHE_TTL_SECONDS": "0", "CLASSIFIER_MICRO_BATCHING": "true",
         })
         try:
             photos_bytes = [path.read_bytes() for path in paths]
             gateway = fleet.services["gateway"].url
             asyncio.run(closed_loop(gateway, photos_bytes, 2, min(8, len(photos_bytes))))
             top = options["concurrencies"][-1]
-            result["without_micro_batching"] = asyncio.run(closed_loop(gateway, photos_bytes, top, options["requests_per_level"]))
+            result["with_micro_batching"] = asyncio.run(closed_loop(gateway, photos_bytes, top, options["requests_per_level"]))
         finally:
             fleet.stop_all()
-    with_batching = next(level for level in result["closed_loop"] if level["concurrency"] == options["concurrencies"][-1])
+    without_batching = next(level for level in result["closed_loop"] if level["concurrency"] == options["concurrencies"][-1])
     result["micro_batching_throughput_gain"] = (
-        with_batching["throughput_per_second"] / result["without_micro_batching"]["throughput_per_second"]
+        result["with_micro_batching"]["throughput_per_second"] / without_batching["throughput_per_second"]
     )
     return result
 

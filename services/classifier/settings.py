@@ -20,8 +20,10 @@ class ClassifierSettings(ServiceSettings):
     category: str = Field(..., description=f"high-level class served, one of {', '.join(taxonomy.CLASSIFIER_CATEGORIES)}")
     models_dir: Path = Field(repo_path("models/classifiers"), description="folder with one sub-folder per category")
     max_batch: int = Field(64, ge=1, le=1024, description="most crops accepted in one request")
-    # On by default: see reports/bench.md for throughput with and without it.
-    micro_batching: bool = Field(True, description="run the crops of requests that arrive while the model is busy in one batch")
+    # Off by default: with one ONNX Runtime thread a batch costs as much per crop
+    # as single crops, and the fleet's throughput at concurrency 8 was the same
+    # with it on (0.99 times) in reports/bench.md.
+    micro_batching: bool = Field(False, description="run the crops of requests that arrive while the model is busy in one batch")
 
     @model_validator(mode="after")
     def check_category(self) -> "ClassifierSettings":
