@@ -31,7 +31,7 @@ MANIFEST ?= var/catalog/manifest.jsonl
 
 DATASETS ?= $(if $(DATASETS_DIR),$(DATASETS_DIR),../shared/datasets)
 SPLIT ?= heldout
-ABLATION_CATEGORIES ?= top bottom
+ABLATION_CATEGORIES ?= top
 ABLATION_EPOCHS ?= 4
 
 .PHONY: install install-dev models report manifest index demo test eval ablation bench
@@ -87,7 +87,7 @@ ablation: install-dev ## train the embedding ablation variants, evaluate them an
 	$(VENV)/bin/python -m training.ablation --datasets $(DATASETS) --categories $(ABLATION_CATEGORIES) --epochs $(ABLATION_EPOCHS) --out var/ablation
 	$(VENV)/bin/python -m evaluation.ablation --datasets $(DATASETS) --split $(SPLIT) --variants var/ablation
 
-bench: install-dev ## measure speed and scaling on this machine: reports/bench.json and bench.md (about 20 minutes on 2 cores; HNSW_RESULT=FILE reuses an earlier HNSW run)
+bench: install-dev ## measure speed and scaling on this machine: reports/bench.json and bench.md (HNSW_RESULT=FILE reuses an earlier HNSW run, which saves about 20 minutes)
 	$(VENV)/bin/python -m benchmarks.run --datasets $(DATASETS) $(if $(HNSW_RESULT),--hnsw-result $(HNSW_RESULT))
 
 test: install-dev ## run the test suite (starts its own services; needs Redis on 127.0.0.1:6379)
