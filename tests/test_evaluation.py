@@ -5,6 +5,7 @@ smoke run of the command on a handful of real photos and catalog products
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -217,3 +218,26 @@ def test_eval_rejects_missing_layout(tmp_path):
 
     (tmp_path / datasets.CCP).mkdir()
     assert main(["--datasets", str(tmp_path), "--split", "all", "--out", str(tmp_path / "reports"), "--no-fleet"]) == 2
+
+
+def test_ablation_merges_into_report(smoke_report, tmp_path):
+    from evaluation.ablation import main as ablation_main
+
+    # Two "variants" that are the committed top classifier: every query ties.
+    folder = Path(smoke_report["_folder"])
+    models = Path(__file__).resolve().parent.parent / "models"
+    for variant in ("V1", "V2"):
+        (tmp_path / "variants" / variant / "classifiers").mkdir(parents=True)
+        os.symlink(models / "classifiers" / "top", tmp_path / "variants" / variant / "classifiers" / "top")
+    data = Path(smoke_report["dataset_root"])
+    code = ablation_main(["--datasets", str(data), "--split", "all", "--variants", str(tmp_path / "variants"),
+                          "--out", str(folder), "--cache-dir", str(folder.parent / "cache")])
+    assert code == 0
+    report = json.loads((folder / "quality.json").read_text())
+    assert isinstance(lookup(report, "ablation.V1.type_precision_at_10"), float)
+    assert lookup(report, "ablation.V1.type_precision_at_10") == lookup(report, "ablation.V2.type_precision_at_10")
+    counts = lookup(report, "ablation.preference.V2_vs_V1")
+    assert counts["a"] == 0
+    assert counts["b"] == 0
+    assert counts["tie"] > 0
+    assert "## Ablation" in (folder / "quality.md").read_text()
