@@ -16,6 +16,7 @@ For ablations (``training.ablation``), ``--tasks`` switches some losses off and
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import random
 import time
@@ -76,6 +77,25 @@ def frozen_features(model: MultiTaskClassifier, images: np.ndarray, block: int, 
     return torch.cat(outputs) if outputs else torch.zeros(0)
 
 
+def stored_views(model: MultiTaskClassifier, crop_set: CropSet, block: int, augment: bool, desc: str, folder: Path | None) -> torch.Tensor:
+    """``cache_views``, kept in ``folder`` across runs. The frozen blocks keep
+    their ImageNet weights in every run, so runs on the same crops that freeze
+    the same blocks (the ablation variants, a rerun) compute the features once."""
+    if folder is None:
+        return cache_views(model, crop_set, block, augment, desc)
+    identity = f"{crop_set.images.shape}|{'|'.join(crop_set.item_ids)}|block {block}|augment {augment}"
+    path = folder / f"frozen-{desc}-{hashlib.sha1(identity.encode()).hexdigest()[:16]}.pt"
+    if path.exists():
+        log.info("reading frozen %s features from %s", desc, path)
+        return torch.load(path)
+    features = cache_views(model, crop_set, block, augment, desc)
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    torch.save(features, partial)
+    partial.replace(path)
+    return features
+
+
 def cache_views(model: MultiTaskClassifier, crop_set: CropSet, block: int, augment: bool, desc: str) -> torch.Tensor:
     """Frozen-block features of every view and its mirror image: (N, 2V, C, H, W).
 
@@ -132,8 +152,9 @@ def fit(
         if task not in trained_tasks:
             model.branches[f"{task}_branch"].requires_grad_(False)
     started_all = time.time()
-    train_features = cache_views(model, train_set, block, not args.no_augment, "train")
-    validation_features = cache_views(model, validation_set, block, False, "validation")
+    feature_folder = getattr(args, "cache_dir", None)
+    train_features = stored_views(model, train_set, block, not args.no_augment, "train", feature_folder)
+    validation_features = stored_views(model, validation_set, block, False, "validation", feature_folder)
     log.info("cached frozen features in %.0f s: %s", time.time() - started_all, tuple(train_features.shape))
 
     parameters = [p for p in model.parameters() if p.requires_grad]
