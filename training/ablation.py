@@ -197,8 +197,20 @@ def summary_entry(card: dict[str, Any], model_dir: Path, status: str, wall_secon
     }
 
 
-def write_summary(path: Path, summary: dict[str, Any]) -> None:
-    temporary = path.with_suffix(".tmp")
+def read_summary(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {"results": {}}
+
+
+def update_summary(path: Path, command: str, variant: str, category: str, entry: dict[str, Any]) -> None:
+    """Store one model's entry in the summary file.
+
+    The file is read again just before each write, so a second run writing
+    to the same folder loses no finished entries unless both write at once.
+    """
+    summary = read_summary(path)
+    summary["command"] = command
+    summary.setdefault("results", {}).setdefault(variant, {})[category] = entry
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
     temporary.write_text(json.dumps(summary, indent=2) + "\n")
     temporary.replace(path)
 
@@ -243,9 +255,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     summary_path = args.out / SUMMARY_NAME
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    summary["command"] = " ".join(["python -m training.ablation", *(argv if argv is not None else sys.argv[1:])])
-    results = summary.setdefault("results", {})
+    command = " ".join(["python -m training.ablation", *(argv if argv is not None else sys.argv[1:])])
 
     jobs = [(category, VARIANTS[name]) for category in args.categories for name in args.variants]
     started_all = time.time()
@@ -259,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
         card = finished_card(model_dir, variant, settings)
         if card is not None:
             log.info("%s: skipped, %s already contains a model with these settings", label, model_dir)
-            previous = results.get(variant.name, {}).get(category, {})
+            previous = read_summary(summary_path).get("results", {}).get(variant.name, {}).get(category, {})
             entry = summary_entry(card, model_dir, "skipped", previous.get("wall_seconds"))
         else:
             log.info("%s: training (%s)", label, variant.description)
@@ -274,8 +284,7 @@ def main(argv: list[str] | None = None) -> None:
             log.info("%s: done in %.0f s (%.0f s training); validation %s", label, entry["wall_seconds"],
                      entry["training_seconds"], {k: round(v, 3) for k, v in entry["validation"].items()})
 
-        results.setdefault(variant.name, {})[category] = entry
-        write_summary(summary_path, summary)
+        update_summary(summary_path, command, variant.name, category, entry)
         log.info("%d of %d models ready, %.0f s elapsed", number, len(jobs), time.time() - started_all)
     log.info("wrote %s", summary_path)
 
