@@ -31,6 +31,7 @@ MANIFEST ?= var/catalog/manifest.jsonl
 
 DATASETS ?= $(if $(DATASETS_DIR),$(DATASETS_DIR),../shared/datasets)
 SPLIT ?= heldout
+EVAL_OUT ?= reports
 ABLATION_CATEGORIES ?= top
 ABLATION_EPOCHS ?= 4
 
@@ -81,11 +82,11 @@ demo: install ## install, index the demo catalog, start the fleet, search street
 	@echo "The fleet is still running on 127.0.0.1 (gateway on port 8000); stop it with 'make down'."
 
 eval: install-dev ## measure search quality on DATASETS (SPLIT=heldout|all): reports/quality.json and quality.md
-	$(VENV)/bin/python -m evaluation --datasets $(DATASETS) --split $(SPLIT)
+	$(VENV)/bin/python -m evaluation --datasets $(DATASETS) --split $(SPLIT) --out $(EVAL_OUT)
 
 ablation: install-dev ## train the embedding ablation variants, evaluate them and merge them into reports/quality.* (after make eval)
 	$(VENV)/bin/python -m training.ablation --datasets $(DATASETS) --categories $(ABLATION_CATEGORIES) --epochs $(ABLATION_EPOCHS) --out var/ablation
-	$(VENV)/bin/python -m evaluation.ablation --datasets $(DATASETS) --split $(SPLIT) --variants var/ablation
+	$(VENV)/bin/python -m evaluation.ablation --datasets $(DATASETS) --split $(SPLIT) --variants var/ablation --out $(EVAL_OUT)
 
 bench: install-dev ## measure speed and scaling on this machine: reports/bench.json and bench.md (HNSW_RESULT=FILE reuses an earlier HNSW run, which saves about 20 minutes)
 	$(VENV)/bin/python -m benchmarks.run --datasets $(DATASETS) $(if $(HNSW_RESULT),--hnsw-result $(HNSW_RESULT))

@@ -183,7 +183,8 @@ def _retrieval_section(report: dict, figures: Path) -> list[str]:
         "types. Ground truth: the item's mask-derived box is sent as the search region. Detected: a plain search of the "
         "photo; the item's results are those of the detected item of its class at IoU 0.5 or more, and an item no "
         "detection matches counts as a miss. A result's type counts when its `articleType` is one the street label maps "
-        "to; colour agrees when its `baseColour`, on the palette, is the palette colour of the item's mask pixels. "
+        "to; colour agrees when its `baseColour`, on the palette, is the palette colour of the item's mask pixels. An "
+        "index with fewer than 10 products of the right type caps precision@10, which matters for small catalogs. "
         f"Service settings: {json.dumps(retrieval['settings'])}.",
         "",
     ]
@@ -232,8 +233,16 @@ def _ranking_section(report: dict) -> list[str]:
              "probability clears the floor):", ""]
     lines += _retrieval_table([(f"top {k}, {source.replace('_', ' ')}", entry[source]) for k, entry in by_k.items()
                                for source in ("ground_truth", "detected")])
+    best_figure = round(by_k[best_k]["ground_truth"].get("type_precision_at_10") or 0, 3)
+    default_figure = round(by_k.get(str(default_k), {}).get("ground_truth", {}).get("type_precision_at_10") or 0, 3)
+    if str(default_k) == best_k:
+        verdict = ", the same."
+    elif default_figure == best_figure:
+        verdict = ", which ties with it here."
+    else:
+        verdict = f", which scores {default_figure:.3f} here against {best_figure:.3f}."
     lines += ["", f"Best by type precision@10 with ground-truth boxes (fewer classes on a tie): top {best_k}. The service "
-                  f"searches the top {default_k}" + (", the same." if str(default_k) == best_k else "; this run disagrees with that default."), ""]
+                  f"searches the top {default_k}{verdict}", ""]
     by_score = retrieval.get("min_item_score", {})
     if by_score:
         lines += ["Detection score from which an item is searched (detected boxes; more items find more of the true ones, "
