@@ -26,7 +26,9 @@ import httpx
 import numpy as np
 
 from evaluation.pipeline import Pipeline
+from evaluation.retrieval import load_photo
 from services.gateway.search import SearchOptions
+from shared.imagecodec import decode_image
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +122,8 @@ def in_process_latencies(pipeline: Pipeline, paths: list[Path]) -> dict[str, Any
     for path in paths:
         data = path.read_bytes()
         started = time.perf_counter()
-        pipeline.search(data, SearchOptions())
+        image = decode_image(data, 50 * 1024 * 1024, 60_000_000, 8)
+        pipeline.search(image, SearchOptions())
         latencies.append((time.perf_counter() - started) * 1000)
     return {"requests": len(latencies), "latency_ms": percentiles(latencies)}
 
@@ -134,7 +137,7 @@ def run_fleet_bench(gateway: str, service_urls: dict[str, str], pipeline: Pipeli
     # Warm every service and the in-process models on photos of the set.
     asyncio.run(closed_loop(gateway, photos, 2, min(8, len(photos))))
     for path in paths[:3]:
-        pipeline.search(path.read_bytes(), SearchOptions())
+        pipeline.search(load_photo(path), SearchOptions())
 
     result["in_process"] = in_process_latencies(pipeline, paths)
     log.info("in-process p50 %.1f ms", result["in_process"]["latency_ms"]["p50"])

@@ -21,15 +21,12 @@ from PIL import Image
 from services.classifier.results import describe_crops
 from services.detector.analysis import analyse_photo
 from services.gateway.catalog import IndexMetadata, load_index_metadata
-from services.detector.settings import DetectorSettings
-from services.gateway.search import SearchContext, SearchOptions, run_search, start_detection
+from services.gateway.search import SearchContext, SearchOptions, run_search
 from services.gateway.settings import GatewaySettings
 from services.index_shard.store import LoadedIndex, load_shard, search_all
 from shared import taxonomy
-from shared.imagecodec import decode_image
 from shared.inference import Classifier, Detector
 from shared.routing import read_routing
-from shared.settings import ImageLimits
 
 # Never dialled: the gateway code needs a URL per classifier and shard to know
 # which exist, and this pipeline answers them in-process.
@@ -48,17 +45,13 @@ class InProcessDownstream:
         self.person_margin = person_margin
         # A photo is detected once, however many region searches it serves.
         self._detections: dict[str, dict[str, Any]] = {}
-        # Photos the caller has decoded already: decoding is deterministic, so
-        # the detector side reuses them instead of decoding the same bytes again.
-        self.decoded: dict[str, Image.Image] = {}
 
-    async def detect(self, base_url: str, photo: bytes) -> dict[str, Any]:
-        digest = hashlib.sha1(photo).hexdigest()
+    async def detect(self, base_url: str, pixels: np.ndarray) -> dict[str, Any]:
+        digest = hashlib.sha1(np.ascontiguousarray(pixels).tobytes()).hexdigest() + str(pixels.shape)
         if digest not in self._detections:
             if len(self._detections) > 64:
                 self._detections.clear()
-            # The detector service decodes the photo with the same function and limits.
-            image = self.decoded.pop(digest, None) or decode_photo(photo, DetectorSettings())
+            image = Image.fromarray(pixels)
             self._detections[digest] = analyse_photo(self.detector, self.wearer, image, None, self.person_margin)
         return self._detections[digest]
 
@@ -98,25 +91,12 @@ class Pipeline:
             **overrides,
         )
 
-    def search(self, photo: bytes, options: SearchOptions, settings: GatewaySettings | None = None) -> dict[str, Any]:
-        """Run one search of an encoded photo exactly as the gateway does; returns its response body."""
-        settings = settings or self.settings
-
-        async def search_once() -> dict[str, Any]:
-            context = SearchContext(settings, self.downstream, self.index)  # type: ignore[arg-type]
-            image = decode_photo(photo, settings)
-            self.downstream.decoded = {hashlib.sha1(photo).hexdigest(): image}
-            detection = start_detection(context, photo)
-            answer = await run_search(context, image, options, detection)
-            answer["degraded"] = context.degraded
-            return answer
-
-        return asyncio.run(search_once())
-
-
-def decode_photo(photo: bytes, limits: ImageLimits) -> Image.Image:
-    """Decode an encoded photo with the services' decoder and image limits."""
-    return decode_image(photo, limits.max_image_bytes, limits.max_image_pixels, limits.min_image_side)
+    def search(self, image: Image.Image, options: SearchOptions, settings: GatewaySettings | None = None) -> dict[str, Any]:
+        """Run one search exactly as the gateway does; returns its answer's body."""
+        context = SearchContext(settings or self.settings, self.downstream, self.index)  # type: ignore[arg-type]
+        answer = asyncio.run(run_search(context, image, options))
+        answer["degraded"] = context.degraded
+        return answer
 
 
 def searchable_classes() -> tuple[str, ...]:

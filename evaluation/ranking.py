@@ -73,7 +73,7 @@ def colour_reranking(pipeline: Pipeline, photos: list[datasets.StreetPhoto]) -> 
         image = load_photo(photo.path)
         for query in photo_queries(photo, np.asarray(image)):
             options = SearchOptions(region=[float(v) for v in query.box], region_class=query.high_level, results_per_item=CANDIDATES)
-            results = pipeline.search(photo.path.read_bytes(), options)["items"][0]["results"]
+            results = pipeline.search(image, options)["items"][0]["results"]
             if not results:
                 for weight in COLOUR_WEIGHTS:
                     outcomes[weight].append(QueryOutcome(query, []))

@@ -138,18 +138,17 @@ def match_detections(queries: list[Query], items: list[dict[str, Any]]) -> list[
 def search_photo(pipeline: Pipeline, photo: datasets.StreetPhoto, settings: GatewaySettings | None = None,
                  results: int = RESULTS, detected: bool = True, ground_truth: bool = True) -> PhotoSearch:
     """Run the ground-truth and detected searches of one photo."""
-    data = photo.path.read_bytes()
     image = load_photo(photo.path)
     queries = photo_queries(photo, np.asarray(image))
     outcome = PhotoSearch(photo.photo_id)
 
     for query in queries if ground_truth else []:
         options = SearchOptions(region=[float(v) for v in query.box], region_class=query.high_level, results_per_item=results)
-        answer = pipeline.search(data, options, settings)
+        answer = pipeline.search(image, options, settings)
         outcome.ground_truth.append(QueryOutcome(query, describe_results(answer["items"][0]["results"])))
 
     if detected:
-        answer = pipeline.search(data, SearchOptions(results_per_item=results), settings)
+        answer = pipeline.search(image, SearchOptions(results_per_item=results), settings)
         items = answer["items"]
         outcome.plain_search_ids = [[r["product_id"] for r in item["results"]] for item in items]
         for query, match in zip(queries, match_detections(queries, items)):

@@ -32,7 +32,7 @@ from starlette.datastructures import UploadFile
 from services.gateway.cache import AnswerCache
 from services.gateway.catalog import IndexMetadata, IndexMetadataError, load_index_metadata
 from services.gateway.clients import Downstream, DownstreamError
-from services.gateway.search import BadRegion, SearchContext, SearchOptions, run_search, start_detection
+from services.gateway.search import BadRegion, SearchContext, SearchOptions, run_search
 from services.gateway.settings import GatewaySettings
 from shared.imagecodec import InvalidImage, decode_image
 from shared.service import configure_logging, install_common, request_id_var, stage_timer
@@ -211,17 +211,15 @@ async def search(request: Request) -> JSONResponse:
         answer["timings_ms"] = {"total": round((time.perf_counter() - started) * 1000, 2)}
         return JSONResponse(answer)
 
-    context = SearchContext(settings, downstream, index, timings)
-    detection = start_detection(context, data)
     with stage_timer(SERVICE, "decode", timings):
         try:
             image = await run_in_threadpool(decode_image, data, settings.max_image_bytes, settings.max_image_pixels, settings.min_image_side)
         except InvalidImage as error:
-            detection.cancel()
             raise HTTPException(error.status, str(error)) from error
 
+    context = SearchContext(settings, downstream, index, timings)
     try:
-        answer = await run_search(context, image, options, detection)
+        answer = await run_search(context, image, options)
     except BadRegion as error:
         raise HTTPException(422, str(error)) from error
     except DownstreamError as error:

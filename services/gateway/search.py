@@ -112,29 +112,15 @@ class SearchContext:
             self.degraded.append(error.service)
 
 
-async def detect_photo(context: SearchContext, photo: bytes) -> dict[str, Any]:
-    """Ask the detector for the items and people in the encoded photo."""
-    with stage_timer(SERVICE, "detect", context.timings):
-        return await context.downstream.detect(context.settings.detector_url, photo)
-
-
-def start_detection(context: SearchContext, photo: bytes) -> asyncio.Task:
-    """Start detecting while the caller decodes the photo for cropping."""
-    task = asyncio.create_task(detect_photo(context, photo))
-    # A search that fails before awaiting the task (an undecodable photo) drops
-    # its outcome; reading it here keeps asyncio from logging it as lost.
-    task.add_done_callback(lambda done: done.cancelled() or done.exception())
-    return task
-
-
-async def run_search(context: SearchContext, image: Image.Image, options: SearchOptions, detection: asyncio.Task) -> dict[str, Any]:
-    """Search the decoded photo; ``detection`` is the ``start_detection`` task of its encoded bytes."""
+async def run_search(context: SearchContext, image: Image.Image, options: SearchOptions) -> dict[str, Any]:
     settings = context.settings
-    detected = await detection
-    context.versions.update(detected.get("model_versions", {}))
+    pixels = np.asarray(image)
+    with stage_timer(SERVICE, "detect", context.timings):
+        detection = await context.downstream.detect(settings.detector_url, pixels)
+    context.versions.update(detection.get("model_versions", {}))
 
-    items = select_items(detected, image, options, settings)
-    persons = detected.get("persons", [])
+    items = select_items(detection, image, options, settings)
+    persons = detection.get("persons", [])
     assign_wearers(items, persons, options, settings)
 
     with stage_timer(SERVICE, "classify", context.timings):
