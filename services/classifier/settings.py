@@ -21,8 +21,8 @@ class ClassifierSettings(ServiceSettings):
     models_dir: Path = Field(repo_path("models/classifiers"), description="folder with one sub-folder per category")
     max_batch: int = Field(64, ge=1, le=1024, description="most crops accepted in one request")
     # Off by default: with one ONNX Runtime thread a batch costs as much per crop
-    # as single crops, and the fleet's throughput at concurrency 8 was the same
-    # with it on (0.99 times) in reports/bench.md.
+    # as single crops, and the fleet's throughput at concurrency 8 was no higher
+    # with it on (0.94 times in reports/bench.md, 0.99 in an earlier run).
     micro_batching: bool = Field(False, description="run the crops of requests that arrive while the model is busy in one batch")
 
     @model_validator(mode="after")
