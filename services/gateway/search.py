@@ -184,7 +184,10 @@ def suppress_overlapping_classes(items: list[Item], iou_threshold: float) -> lis
 def region_item(options: SearchOptions, detected: list[Item], image: Image.Image) -> Item:
     x1, y1, x2, y2 = options.region  # type: ignore[misc]
     if x1 < 0 or y1 < 0 or x2 > image.width or y2 > image.height:
-        raise BadRegion(f"region {options.region} lies outside the {image.width}x{image.height} photo")
+        raise BadRegion(
+            f"region {options.region} reaches outside the {image.width}x{image.height} photo; "
+            f"it needs 0 <= x1 < x2 <= {image.width} and 0 <= y1 < y2 <= {image.height}"
+        )
     box = np.asarray(options.region, np.float32)
     if options.region_class:
         return Item(box, options.region_class, 1.0)
