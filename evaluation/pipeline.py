@@ -1,5 +1,5 @@
 """The search pipeline in one process: the gateway's own search code
-(``services.gateway.search.run_search``) with its downstream calls answered by
+(``services.gateway.search.run_search``) with its downstream calls served by
 models and indices loaded here instead of by HTTP services.
 
 Each downstream method calls the function its service calls (``analyse_photo``,
@@ -24,12 +24,11 @@ from services.gateway.catalog import IndexMetadata, load_index_metadata
 from services.gateway.search import SearchContext, SearchOptions, run_search
 from services.gateway.settings import GatewaySettings
 from services.index_shard.store import LoadedIndex, load_shard, search_all
-from shared import taxonomy
 from shared.inference import Classifier, Detector
 from shared.routing import read_routing
 
 # Never dialled: the gateway code needs a URL per classifier and shard to know
-# which exist, and this pipeline answers them in-process.
+# which exist, and this pipeline serves them in-process.
 _PLACEHOLDER_URL = "http://in-process"
 
 
@@ -97,8 +96,3 @@ class Pipeline:
         answer = asyncio.run(run_search(context, image, options))
         answer["degraded"] = context.degraded
         return answer
-
-
-def searchable_classes() -> tuple[str, ...]:
-    """The high-level classes that have a classifier, hence can return products."""
-    return taxonomy.CLASSIFIER_CATEGORIES

@@ -64,8 +64,7 @@ def complete_per_class(section: dict[str, Any], detector_classes: list[str]) -> 
     return section
 
 
-def evaluate_detection(models: Path, data, figures: Path, threads: int) -> dict[str, Any]:
-    detector = Detector(models / "detector", threads)
+def evaluate_detection(detector: Detector, data, figures: Path) -> dict[str, Any]:
     ensemble = EnsembleDetector(detector)
     sections: dict[str, Any] = {}
     started = time.monotonic()
@@ -164,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         "models": model_versions(args.models),
         "index": {"folder": str(index_dir), **json.loads((index_dir / "summary.json").read_text())},
     }
-    report.update(evaluate_detection(args.models, data, figures, args.threads))
-
     detector = Detector(args.models / "detector", args.threads)
+    report.update(evaluate_detection(detector, data, figures))
+
     report["classification"] = classification.evaluate_classifiers(args.models, detector, data.catalog, data.ccp + data.colorful)
     report["wearer"] = classification.evaluate_wearer(args.models, data.catalog)
 
