@@ -5,7 +5,7 @@
 ``training.ablation`` writes one classifier per variant and category under
 ``VARIANTS/<variant>/classifiers/<category>/``. For each variant this module
 re-embeds the catalog products of those categories with the variant's
-classifier (cut with the boxes the indexing job stored, so every variant sees
+classifier (cut with the boxes the indexing job stored, so every variant embeds
 the same crops), writes the variant's own index, and searches the same street
 photos through the gateway's search code, as ``make eval`` does. Only queries
 of the ablated categories count.

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 32
 # Garments are photographed on a model; other products usually appear alone,
-# where the product's gender says nothing about a person in the photo.
+# where the product's gender tells nothing about a person in the photo.
 WORN_ON_MODEL = frozenset({"top", "bottom", "dress"})
 
 

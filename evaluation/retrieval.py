@@ -1,4 +1,4 @@
-"""Retrieval quality: street items as queries, catalog products as answers.
+"""Retrieval quality: street items as queries, catalog products as results.
 
 Queries are the items of clothing-co-parsing photos whose class has a
 classifier and whose label names catalog article types. Each is searched
@@ -77,7 +77,7 @@ class PhotoSearch:
     photo_id: str
     ground_truth: list[QueryOutcome] = field(default_factory=list)
     detected: list[QueryOutcome] = field(default_factory=list)
-    # Top product ids of each item of the plain search, in answer order.
+    # Top product ids of each item of the plain search, in response order.
     plain_search_ids: list[list[str]] = field(default_factory=list)
 
 
@@ -108,7 +108,7 @@ def photo_queries(photo: datasets.StreetPhoto, pixels: np.ndarray) -> list[Query
 
 
 def describe_results(results: list[dict[str, Any]]) -> list[tuple[str, str | None, str]]:
-    """Reduce answer results to (article type, palette colour, product id)."""
+    """Reduce response results to (article type, palette colour, product id)."""
     described = []
     for result in results:
         colour = taxonomy.CATALOG_COLOURS.get(result.get("colour") or "")
@@ -200,5 +200,10 @@ def agreement_preference(a: list[QueryOutcome], b: list[QueryOutcome], top: int 
     for first, second in zip(a, b):
         score_a = (sum(first.type_hits()[:top]), sum(first.colour_hits()[:top]))
         score_b = (sum(second.type_hits()[:top]), sum(second.colour_hits()[:top]))
-        counts["a" if score_a > score_b else "b" if score_b > score_a else "tie"] += 1
+        if score_a > score_b:
+            counts["a"] += 1
+        elif score_b > score_a:
+            counts["b"] += 1
+        else:
+            counts["tie"] += 1
     return counts

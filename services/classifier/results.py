@@ -1,4 +1,4 @@
-"""The per-crop answer of ``POST /classify``, built from a classifier's outputs.
+"""The per-crop results of ``POST /classify``, built from a classifier's outputs.
 
 The service and the in-process pipeline of the evaluation both call
 ``describe_crops``, so a search sees the same fine classes and vectors either way.

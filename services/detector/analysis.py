@@ -1,5 +1,5 @@
-"""What ``POST /detect`` computes for one decoded photo: the item boxes and,
-for each person box, the wearer probabilities.
+"""The detection of one decoded photo that ``POST /detect`` returns: the item
+boxes and, for each person box, the wearer probabilities.
 
 The service and the in-process pipeline of the evaluation both call
 ``analyse_photo``, so a search gets the same detections either way.
