@@ -241,3 +241,10 @@ def test_ablation_merges_into_report(smoke_report, tmp_path):
     assert counts["b"] == 0
     assert counts["tie"] > 0
     assert "## Ablation" in (folder / "quality.md").read_text()
+
+
+def test_ensemble_rejects_unknown_fusion():
+    from shared.ensemble import EnsembleDetector
+
+    with pytest.raises(ValueError, match="fusion must be one of nms, wbf"):
+        EnsembleDetector(None, fusion="mean")  # type: ignore[arg-type]
