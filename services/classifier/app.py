@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from services.classifier.results import describe_crops
@@ -115,7 +116,7 @@ async def read_crops(request: Request, model: Classifier) -> np.ndarray:
 
 
 @app.post("/classify", summary="Classify and embed a batch of crops")
-async def classify(request: Request) -> dict:
+async def classify(request: Request) -> JSONResponse:
     model = require_model()
     timings: dict[str, float] = {}
     with stage_timer(SERVICE, "decode", timings):
@@ -126,4 +127,5 @@ async def classify(request: Request) -> dict:
         else:
             output = await run_in_threadpool(model.run, crops)
     results = describe_crops(model, output)
-    return {"category": settings.category, "model_version": model.version, "results": results, "timings_ms": timings}
+    # The answer holds only JSON types: skip FastAPI's generic encoder.
+    return JSONResponse({"category": settings.category, "model_version": model.version, "results": results, "timings_ms": timings})

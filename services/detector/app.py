@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
@@ -91,7 +92,7 @@ def raw_rgb(body: bytes, shape_header: str) -> Image.Image:
 
 
 @app.post("/detect", summary="Detect apparel items and people in one photo")
-async def detect(request: Request) -> dict:
+async def detect(request: Request) -> JSONResponse:
     timings: dict[str, float] = {}
     with stage_timer(SERVICE, "decode", timings):
         image = await read_photo(request)
@@ -101,7 +102,8 @@ async def detect(request: Request) -> dict:
             analyse_photo, models.detector, models.wearer, image, settings.score_threshold, settings.person_margin,
         )
     answer["timings_ms"] = timings
-    return answer
+    # The answer holds only JSON types: skip FastAPI's generic encoder.
+    return JSONResponse(answer)
 
 
 @app.post("/wearer", summary="Tell man, woman, boy or girl from one person crop")

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 import anyio
 from anyio.to_thread import run_sync
 from fastapi import FastAPI, HTTPException
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from services.index_shard.settings import ShardSettings
@@ -123,11 +124,12 @@ def check_request(request: SearchRequest, indices: dict[str, LoadedIndex]) -> li
 
 
 @app.post("/search", summary="Nearest catalog products of each query vector")
-async def search(request: SearchRequest) -> dict:
+async def search(request: SearchRequest) -> JSONResponse:
     indices = require_indices()
     timings: dict[str, float] = {}
     with stage_timer(SERVICE, "decode", timings):
         checked = check_request(request, indices)
     with stage_timer(SERVICE, "search", timings):
         results = await run_sync(search_all, checked, indices, limiter=state.limiter)
-    return {"shard": settings.name, "results": results, "timings_ms": timings}
+    # The answer holds only JSON types: skip FastAPI's generic encoder.
+    return JSONResponse({"shard": settings.name, "results": results, "timings_ms": timings})
