@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import ValidationError
@@ -51,7 +51,7 @@ class State:
     index: IndexMetadata | None = None
     downstream: Downstream | None = None
     cache: AnswerCache | None = None
-    client: httpx.AsyncClient | None = None
+    session: aiohttp.ClientSession | None = None
 
 
 state = State()
@@ -63,14 +63,15 @@ async def lifespan(app: FastAPI):
     log.info("starting: detector %s, %d classifiers, shards %s, index %s",
              settings.detector_url, len(settings.classifier_urls), sorted(settings.shard_urls), settings.index_dir)
     state.index = load_index_metadata(settings.index_dir)
-    timeout = httpx.Timeout(settings.downstream_timeout_seconds, connect=settings.connect_timeout_seconds)
-    state.client = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
-    state.downstream = Downstream(state.client)
+    timeout = aiohttp.ClientTimeout(total=settings.downstream_timeout_seconds, connect=settings.connect_timeout_seconds)
+    # Pooled keep-alive connections; the services are plain HTTP on the cluster network.
+    state.session = aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=64))
+    state.downstream = Downstream(state.session)
     state.cache = AnswerCache(settings.redis_url, settings.cache_ttl_seconds, settings.local_cache_entries, settings.redis_timeout_seconds)
     await warm_up(state.downstream)
     log.info("ready: response cache %s, index created %s", state.cache.backend, state.index.version)
     yield
-    await state.client.aclose()
+    await state.session.close()
     await state.cache.close()
     log.info("stopping")
 

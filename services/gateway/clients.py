@@ -1,4 +1,8 @@
-"""HTTP clients of the downstream services, over one pooled ``httpx.AsyncClient``.
+"""HTTP clients of the downstream services, over one pooled ``aiohttp.ClientSession``.
+
+aiohttp rather than httpx: on loopback an httpx request cost about 1.0 ms of
+client time against 0.3 ms for aiohttp (0.2 ms with a bare socket), and a
+search makes five or six calls (reports/bench.md).
 
 Every call has a timeout. Any failure (refused connection, timeout, an error
 status, a malformed answer) becomes ``DownstreamError`` naming the service, so
@@ -7,10 +11,12 @@ the search can degrade that part of the answer instead of failing.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from typing import Any
 
-import httpx
+import aiohttp
 import numpy as np
 
 from shared.service import REQUEST_ID_HEADER, request_id_var
@@ -28,48 +34,46 @@ class DownstreamError(RuntimeError):
 
 
 class Downstream:
-    def __init__(self, client: httpx.AsyncClient):
-        self.client = client
+    def __init__(self, session: aiohttp.ClientSession):
+        self.session = session
         # Classifier input size and version, fetched once per category from /info.
         self.classifier_info: dict[str, dict[str, Any]] = {}
 
-    async def _post(self, service: str, url: str, **kwargs) -> dict[str, Any]:
+    async def _request(self, service: str, method: str, url: str, **kwargs) -> dict[str, Any]:
         headers = {REQUEST_ID_HEADER: request_id_var.get(), **kwargs.pop("headers", {})}
         try:
-            response = await self.client.post(url, headers=headers, **kwargs)
-        except httpx.TimeoutException as error:
+            async with self.session.request(method, url, headers=headers, **kwargs) as response:
+                body = await response.read()
+        except asyncio.TimeoutError as error:
             raise DownstreamError(service, f"timed out calling {url}") from error
-        except httpx.HTTPError as error:
+        except aiohttp.ClientError as error:
             raise DownstreamError(service, f"request to {url} failed: {error!r}") from error
-        if response.status_code != 200:
-            raise DownstreamError(service, f"{url} returned {response.status_code}: {response.text[:200]}")
+        if response.status != 200:
+            raise DownstreamError(service, f"{url} returned {response.status}: {body[:200].decode(errors='replace')}")
         try:
-            return response.json()
+            answer = json.loads(body)
         except ValueError as error:
             raise DownstreamError(service, f"{url} returned invalid JSON") from error
+        if not isinstance(answer, dict):
+            raise DownstreamError(service, f"{url} returned JSON that is not an object")
+        return answer
 
     async def detect(self, base_url: str, pixels: np.ndarray) -> dict[str, Any]:
         """Send the decoded photo as raw RGB, sparing the detector a second decode."""
         height, width = pixels.shape[:2]
-        return await self._post(
-            "detector", f"{base_url}/detect", content=np.ascontiguousarray(pixels).tobytes(),
+        return await self._request(
+            "detector", "POST", f"{base_url}/detect", data=np.ascontiguousarray(pixels).tobytes(),
             headers={"content-type": RAW_CONTENT_TYPE, IMAGE_SHAPE_HEADER: f"{height},{width}"},
         )
 
     async def info(self, category: str, base_url: str) -> dict[str, Any]:
         if category not in self.classifier_info:
-            service = f"classifier:{category}"
-            try:
-                response = await self.client.get(f"{base_url}/info", headers={REQUEST_ID_HEADER: request_id_var.get()})
-                response.raise_for_status()
-                self.classifier_info[category] = response.json()
-            except (httpx.HTTPError, ValueError) as error:
-                raise DownstreamError(service, f"could not read {base_url}/info: {error!r}") from error
+            self.classifier_info[category] = await self._request(f"classifier:{category}", "GET", f"{base_url}/info")
         return self.classifier_info[category]
 
     async def classify(self, category: str, base_url: str, crops: np.ndarray) -> dict[str, Any]:
-        answer = await self._post(
-            f"classifier:{category}", f"{base_url}/classify", content=np.ascontiguousarray(crops).tobytes(),
+        answer = await self._request(
+            f"classifier:{category}", "POST", f"{base_url}/classify", data=np.ascontiguousarray(crops).tobytes(),
             headers={"content-type": RAW_CONTENT_TYPE, CROP_SIZE_HEADER: str(crops.shape[1])},
         )
         if len(answer.get("results", [])) != len(crops):
@@ -81,7 +85,7 @@ class Downstream:
 
     async def search_shard(self, shard: str, base_url: str, queries: list[tuple[np.ndarray, list[str], int]]) -> list[list[dict]]:
         payload = {"queries": [{"vector": encode_vector(v), "keys": keys, "k": k} for v, keys, k in queries]}
-        answer = await self._post(f"shard:{shard}", f"{base_url}/search", json=payload)
+        answer = await self._request(f"shard:{shard}", "POST", f"{base_url}/search", json=payload)
         results = answer.get("results")
         if not isinstance(results, list) or len(results) != len(queries):
             raise DownstreamError(f"shard:{shard}", "returned a result list that does not match the queries")
