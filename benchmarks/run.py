@@ -52,8 +52,9 @@ def heldout_photos(root: Path, count: int) -> list[datasets.StreetPhoto]:
 
 def fleet_section(root: Path, models: Path, index_dir: Path, photos: list[datasets.StreetPhoto], small: bool) -> dict[str, Any]:
     paths = [photo.path for photo in photos]
-    # One thread, as each service of the local fleet runs with.
-    pipeline = Pipeline(models, index_dir, threads=1)
+    # One thread, as each service of the local fleet runs with; every search
+    # detects its photo, as the fleet does.
+    pipeline = Pipeline(models, index_dir, threads=1, cache_detections=False)
     options = dict(concurrencies=(1, 2) if small else (1, 2, 4, 8), requests_per_level=6 if small else 60,
                    open_loop_seconds=3 if small else 20)
     result: dict[str, Any] = {}

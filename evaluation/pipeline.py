@@ -36,16 +36,20 @@ class InProcessDownstream:
     """The gateway's ``Downstream`` interface over local models and indices."""
 
     def __init__(self, detector: Detector, wearer: Classifier, classifiers: dict[str, Classifier],
-                 shards: dict[str, dict[str, LoadedIndex]], person_margin: float = 0.0):
+                 shards: dict[str, dict[str, LoadedIndex]], person_margin: float = 0.0, cache_detections: bool = True):
         self.detector = detector
         self.wearer = wearer
         self.classifiers = classifiers
         self.shards = shards
         self.person_margin = person_margin
-        # A photo is detected once, however many region searches it serves.
+        # A photo is detected once, however many region searches it serves;
+        # a benchmark turns this off so that every search pays for detection.
+        self.cache_detections = cache_detections
         self._detections: dict[str, dict[str, Any]] = {}
 
     async def detect(self, base_url: str, pixels: np.ndarray) -> dict[str, Any]:
+        if not self.cache_detections:
+            return analyse_photo(self.detector, self.wearer, Image.fromarray(pixels), None, self.person_margin)
         digest = hashlib.sha1(np.ascontiguousarray(pixels).tobytes()).hexdigest() + str(pixels.shape)
         if digest not in self._detections:
             if len(self._detections) > 64:
@@ -70,7 +74,8 @@ class InProcessDownstream:
 class Pipeline:
     """Models, indices and gateway settings for searching photos in-process."""
 
-    def __init__(self, models: Path, index_dir: Path, threads: int = 2, ef: int = 64, **setting_overrides: Any):
+    def __init__(self, models: Path, index_dir: Path, threads: int = 2, ef: int = 64, cache_detections: bool = True,
+                 **setting_overrides: Any):
         routing = read_routing(index_dir)
         self.index: IndexMetadata = load_index_metadata(index_dir)
         categories = sorted({key.split("/")[0] for key in routing.keys})
@@ -78,7 +83,8 @@ class Pipeline:
         self.wearer = Classifier(models / "wearer", threads)
         self.classifiers = {category: Classifier(models / "classifiers" / category, threads) for category in categories}
         self.shards = {name: load_shard(index_dir, name, ef) for name in routing.shards}
-        self.downstream = InProcessDownstream(self.detector, self.wearer, self.classifiers, self.shards)
+        self.downstream = InProcessDownstream(self.detector, self.wearer, self.classifiers, self.shards,
+                                               cache_detections=cache_detections)
         self.settings = self.make_settings(**setting_overrides)
 
     def make_settings(self, **overrides: Any) -> GatewaySettings:
