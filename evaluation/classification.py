@@ -29,9 +29,6 @@ from shared.inference import Classifier, Detector
 log = logging.getLogger(__name__)
 
 BATCH = 32
-# Garments are photographed on a model; other products usually appear alone,
-# where the product's gender tells nothing about a person in the photo.
-WORN_ON_MODEL = frozenset({"top", "bottom", "dress"})
 
 
 def _confusion(truth: list[int], predicted: list[int], classes: int) -> list[list[int]]:
@@ -124,7 +121,7 @@ def evaluate_wearer(models: Path, rows: list[datasets.CatalogRow]) -> dict[str, 
     crops, truth = [], []
     for row in rows:
         target = taxonomy.GENDER_TO_WEARER.get(row.gender)
-        if target is None or row.high_level not in WORN_ON_MODEL:
+        if target is None or row.high_level not in taxonomy.WORN_ON_MODEL:
             continue
         image = Image.open(row.path).convert("RGB")
         box = foreground_box(np.asarray(image))

@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 # Crops are cut with this margin around the box, as the gateway cuts them.
 CROP_MARGIN = 0.08
 IGNORE = -1
-WORN_ON_MODEL = frozenset({"top", "bottom", "dress"})
 
 
 @dataclass
@@ -116,7 +115,7 @@ def build_wearer_set(rows: list[datasets.CatalogRow], size: int, views: int, poo
         wearer = taxonomy.GENDER_TO_WEARER[row.gender]
         # Only garments are photographed on a model; shoes, bags and watches
         # usually appear alone, where the gender label tells nothing about a person.
-        if wearer is None or row.high_level not in WORN_ON_MODEL:
+        if wearer is None or row.high_level not in taxonomy.WORN_ON_MODEL:
             continue
         image = Image.open(row.path).convert("RGB")
         pixels = np.asarray(image)

@@ -48,7 +48,6 @@ from shared import datasets, taxonomy
 from shared.boxes import expand_box, iou_matrix
 from shared.imaging import catalog_product_box, normalise
 from shared.inference import Classifier, Detection, Detector, create_session, load_card
-from training.classifier_data import WORN_ON_MODEL
 
 log = logging.getLogger("training.quantize")
 
@@ -446,7 +445,7 @@ def classifier_crop_sets(entry: ModelEntry, model: Classifier, detector: Detecto
 
 def worn_with_wearer(row: datasets.CatalogRow) -> bool:
     """Tell whether a catalog photo shows its product worn by a person of a known wearer class."""
-    return taxonomy.GENDER_TO_WEARER[row.gender] is not None and row.high_level in WORN_ON_MODEL
+    return taxonomy.GENDER_TO_WEARER[row.gender] is not None and row.high_level in taxonomy.WORN_ON_MODEL
 
 
 def detector_inputs(detector: Detector, paths: list[Path]) -> np.ndarray:
