@@ -11,6 +11,7 @@ import base64
 import io
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -308,6 +309,32 @@ def test_stopped_classifier_degrades_answer(fleet, gateway):
         others = [item for item in answer["items"] if item["class"] in ("bottom", "footwear", "bag")]
         assert any(item["results"] for item in others)
     finally:
+        fleet.start("classifier-top")
+
+
+def test_classifier_of_another_model_degrades_answer(fleet, gateway, tmp_path):
+    # The top classifier restarts with a model the catalog was not indexed with.
+    other_models = tmp_path / "classifiers"
+    shutil.copytree(MODELS / "classifiers" / "top", other_models / "top")
+    card_path = other_models / "top" / "card.json"
+    card_path.write_text(json.dumps({**json.loads(card_path.read_text()), "version": "not-indexed"}))
+    service = fleet.services["classifier-top"]
+    original_env = dict(service.env)
+    fleet.stop("classifier-top")
+    service.env["CLASSIFIER_MODELS_DIR"] = str(other_models)
+    fleet.start("classifier-top")
+    try:
+        response = post_photo(gateway, photo_bytes(PHOTO_IDS[0], quality=81))
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert "classifier:top" in answer["degraded"]
+        tops = [item for item in answer["items"] if item["class"] == "top"]
+        assert tops and all(item["results"] == [] for item in tops)
+        assert any(item["results"] for item in answer["items"] if item["class"] != "top")
+    finally:
+        fleet.stop("classifier-top")
+        service.env.clear()
+        service.env.update(original_env)
         fleet.start("classifier-top")
 
 

@@ -32,6 +32,10 @@ class IndexMetadata:
     def has_key(self, key: str) -> bool:
         return key in self.routing["keys"]
 
+    def model_version_of(self, category: str) -> str | None:
+        """The version of the classifier that embedded this category's products."""
+        return self.routing.get("model_versions", {}).get(category)
+
 
 def load_index_metadata(index_dir: Path) -> IndexMetadata:
     routing_path = index_dir / "routing.json"

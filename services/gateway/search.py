@@ -241,6 +241,7 @@ async def classify_items(context: SearchContext, image: Image.Image, items: list
                 square_crop(image, expand_box(m.box, context.settings.crop_margin, image.width, image.height), size) for m in members
             ])
             answer = await context.downstream.classify(category, url, crops)
+            check_model_version(category, answer.get("model_version"), context.index)
         except DownstreamError as error:
             context.degrade(error)
             for member in members:
@@ -252,6 +253,18 @@ async def classify_items(context: SearchContext, image: Image.Image, items: list
             member.embedding = decode_vector(result["embedding"])
 
     await asyncio.gather(*(classify_category(c, m) for c, m in by_category.items()))
+
+
+def check_model_version(category: str, served: str | None, index: IndexMetadata) -> None:
+    """Refuse embeddings of another model than the one that embedded the
+    category's products: their distances would rank products at random. This
+    happens while a new model rolls out before the catalog is indexed again."""
+    expected = index.model_version_of(category)
+    if expected is not None and served != expected:
+        raise DownstreamError(
+            f"classifier:{category}",
+            f"serves model version {served}, but the index was built with {expected}; index the catalog with the served models",
+        )
 
 
 def keys_for_item(item: Item, index: IndexMetadata, settings: GatewaySettings) -> list[str]:
