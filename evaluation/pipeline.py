@@ -58,6 +58,14 @@ class InProcessDownstream:
             self._detections[digest] = analyse_photo(self.detector, self.wearer, image, None, self.person_margin)
         return self._detections[digest]
 
+    async def detector_info(self, base_url: str) -> dict[str, Any]:
+        return {
+            "input_width": self.detector.input_width,
+            "input_height": self.detector.input_height,
+            "classes": self.detector.classes,
+            "model_versions": {"detector": self.detector.version, "wearer": self.wearer.version},
+        }
+
     async def info(self, category: str, base_url: str) -> dict[str, Any]:
         model = self.classifiers[category]
         return {"category": category, "input_size": model.input_size, "model_version": model.version}

@@ -28,6 +28,18 @@ def letterbox(image: Image.Image, input_width: int, input_height: int) -> tuple[
     return canvas, Letterbox(geometry.scale, float(left), float(top))
 
 
+def shrink_to_fit(image: Image.Image, input_width: int, input_height: int) -> Image.Image:
+    """Scale a photo down to the size ``letterbox`` gives it inside the input
+    size (a photo that already fits is returned as it is), so that a caller can
+    send the detector a quarter of the pixels and get the same boxes."""
+    geometry = letterbox_geometry(image.width, image.height, input_width, input_height)
+    if geometry.scale >= 1:
+        return image
+    new_width = max(1, round(image.width * geometry.scale))
+    new_height = max(1, round(image.height * geometry.scale))
+    return image.resize((new_width, new_height), Image.BILINEAR)
+
+
 def normalise(pixels: np.ndarray, mean: list[float], std: list[float], scale: float) -> np.ndarray:
     """Turn HxWx3 (or NxHxWx3) uint8 pixels into float32 NCHW network input."""
     array = pixels.astype(np.float32) * scale

@@ -286,6 +286,29 @@ def test_results_per_item_out_of_range_rejected(gateway):
     expect_error(post_photo(gateway, data, results_per_item=500), 422, "results_per_item")
 
 
+def test_boxes_match_the_detector_on_the_whole_photo(fleet, gateway):
+    # The gateway sends the detector a copy scaled to the network's input size
+    # and maps the boxes back: they must match the detector's own boxes for
+    # the photo sent whole.
+    data = photo_bytes(PHOTO_IDS[0], quality=86)
+    detector = fleet.services["detector"].url
+    direct = httpx.post(f"{detector}/detect", content=data, headers={"content-type": "image/jpeg"}, timeout=60)
+    assert direct.status_code == 200, direct.text
+    answer = post_photo(gateway, data).json()
+    assert answer["items"]
+    for item in answer["items"]:
+        same_class = [d["box"] for d in direct.json()["items"] if d["label"] == item["class"]]
+        gaps = [max(abs(a - b) for a, b in zip(item["box"], box)) for box in same_class]
+        assert gaps and min(gaps) <= 2.0, (item, same_class)
+
+
+def test_detector_info_gives_input_size(fleet):
+    info = httpx.get(f"{fleet.services['detector'].url}/info", timeout=10).json()
+    card = json.loads((MODELS / "detector" / "card.json").read_text())
+    assert (info["input_width"], info["input_height"]) == (card["input"]["width"], card["input"]["height"])
+    assert info["model_versions"]["detector"] == card["version"]
+
+
 def test_region_outside_photo_rejected(gateway):
     expect_error(post_photo(gateway, photo_bytes(PHOTO_IDS[0]), region="0,0,5000,5000", region_class="top"), 422, "outside")
 

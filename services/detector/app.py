@@ -67,6 +67,18 @@ def is_ready() -> tuple[bool, str]:
 install_common(app, SERVICE, is_ready)
 
 
+@app.get("/info", summary="Input size, classes and model versions")
+async def info() -> dict:
+    if models.detector is None or models.wearer is None:
+        raise HTTPException(503, "the models are still loading")
+    return {
+        "input_width": models.detector.input_width,
+        "input_height": models.detector.input_height,
+        "classes": models.detector.classes,
+        "model_versions": {"detector": models.detector.version, "wearer": models.wearer.version},
+    }
+
+
 async def read_photo(request: Request) -> Image.Image:
     """Read the body as raw RGB (with ``X-Image-Shape: H,W``) or as an encoded photo."""
     body = await request.body()

@@ -77,15 +77,17 @@ async def lifespan(app: FastAPI):
 
 
 async def warm_up(downstream: Downstream) -> None:
-    """Read every classifier's /info and open pooled connections before the
-    first search, so it does not pay for them. A classifier that is not up yet
-    is only logged: its /info is read again on first use."""
+    """Read the detector's and every classifier's /info and open pooled
+    connections before the first search, so it does not pay for them. A
+    service that is not up yet is only logged: its /info is read again on
+    first use."""
     results = await asyncio.gather(
+        downstream.detector_info(settings.detector_url),
         *(downstream.info(category, url) for category, url in settings.classifier_urls.items()), return_exceptions=True,
     )
     failed = [str(result) for result in results if isinstance(result, Exception)]
     if failed:
-        log.warning("warm-up: %d of %d classifiers not reachable yet: %s", len(failed), len(results), "; ".join(failed))
+        log.warning("warm-up: %d of %d services not reachable yet: %s", len(failed), len(results), "; ".join(failed))
 
 
 app = FastAPI(title="Apparel visual search gateway", lifespan=lifespan)

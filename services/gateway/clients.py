@@ -38,6 +38,8 @@ class Downstream:
         self.session = session
         # Classifier input size and version, fetched once per category from /info.
         self.classifier_info: dict[str, dict[str, Any]] = {}
+        # The detector's input size and model versions, from its /info.
+        self.detector_info_cache: dict[str, Any] | None = None
 
     async def _request(self, service: str, method: str, url: str, **kwargs) -> dict[str, Any]:
         headers = {REQUEST_ID_HEADER: request_id_var.get(), **kwargs.pop("headers", {})}
@@ -58,13 +60,23 @@ class Downstream:
             raise DownstreamError(service, f"{url} returned JSON that is not an object")
         return answer
 
+    async def detector_info(self, base_url: str) -> dict[str, Any]:
+        if self.detector_info_cache is None:
+            self.detector_info_cache = await self._request("detector", "GET", f"{base_url}/info")
+        return self.detector_info_cache
+
     async def detect(self, base_url: str, pixels: np.ndarray) -> dict[str, Any]:
         """Send the decoded photo as raw RGB, sparing the detector a second decode."""
         height, width = pixels.shape[:2]
-        return await self._request(
+        answer = await self._request(
             "detector", "POST", f"{base_url}/detect", data=np.ascontiguousarray(pixels).tobytes(),
             headers={"content-type": RAW_CONTENT_TYPE, IMAGE_SHAPE_HEADER: f"{height},{width}"},
         )
+        known = (self.detector_info_cache or {}).get("model_versions")
+        if known is not None and answer.get("model_versions") != known:
+            # The detector was restarted with another model: read its /info again next time.
+            self.detector_info_cache = None
+        return answer
 
     async def info(self, category: str, base_url: str) -> dict[str, Any]:
         if category not in self.classifier_info:

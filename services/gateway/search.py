@@ -21,7 +21,7 @@ from services.gateway.clients import Downstream, DownstreamError
 from services.gateway.settings import GatewaySettings
 from shared import taxonomy
 from shared.boxes import box_area, expand_box, nms
-from shared.imaging import square_crop
+from shared.imaging import shrink_to_fit, square_crop
 from shared.service import stage_timer
 from shared.wire import decode_vector
 
@@ -114,9 +114,8 @@ class SearchContext:
 
 async def run_search(context: SearchContext, image: Image.Image, options: SearchOptions) -> dict[str, Any]:
     settings = context.settings
-    pixels = np.asarray(image)
     with stage_timer(SERVICE, "detect", context.timings):
-        detection = await context.downstream.detect(settings.detector_url, pixels)
+        detection = await detect_photo(context, image)
     context.versions.update(detection.get("model_versions", {}))
 
     items = select_items(detection, image, options, settings)
@@ -134,6 +133,32 @@ async def run_search(context: SearchContext, image: Image.Image, options: Search
             {"box": p["box"], "score": p["score"], "wearer": p.get("wearer", {})} for p in persons
         ],
         "items": [describe_item(item, context.index) for item in items],
+    }
+
+
+async def detect_photo(context: SearchContext, image: Image.Image) -> dict[str, Any]:
+    """Detect items and people, sending the detector the photo already scaled
+    to its input size: a 550x825 photo travels as 0.3 MB instead of 1.4 MB,
+    and the detector sees the same network input. Boxes come back in the
+    original photo's pixels."""
+    info = await context.downstream.detector_info(context.settings.detector_url)
+    sent = shrink_to_fit(image, int(info["input_width"]), int(info["input_height"]))
+    detection = await context.downstream.detect(context.settings.detector_url, np.asarray(sent))
+    scale = np.array([image.width / sent.width, image.height / sent.height] * 2, np.float32)
+    limits = np.array([image.width, image.height] * 2, np.float32)
+
+    def in_photo_pixels(entry: dict[str, Any]) -> dict[str, Any]:
+        box = np.minimum(np.asarray(entry["box"], np.float32) * scale, limits)
+        return {**entry, "box": [round(float(v), 1) for v in box]}
+
+    # A new answer rather than an edited one: the in-process pipeline hands
+    # out the same cached detection for every search of a photo.
+    return {
+        **detection,
+        "width": image.width,
+        "height": image.height,
+        "items": [in_photo_pixels(entry) for entry in detection.get("items", [])],
+        "persons": [in_photo_pixels(entry) for entry in detection.get("persons", [])],
     }
 
 
