@@ -11,8 +11,14 @@ Sections, each measured side by side in one run:
 - classifier: one batch per photo against one request per crop, and two
   single-threaded replicas against one process with two threads;
 - hnsw: synthetic 512-D indices up to a million items (``benchmarks.hnsw_scaling``);
-- int8: static QDQ quantization of every model (``training.quantize``), its
-  speed-up, and the change in retrieval type precision@10 on held-out photos.
+- int8: static QDQ quantization of every committed float model
+  (``training.quantize``), its speed-up, and the change in retrieval type
+  precision@10 on the held-out street photos, overall and per class: the
+  figures behind the Makefile's choice of the models served as int8.
+
+The fleet and classifier sections measure the models the fleet serves
+(``--serving-models``, written by ``make serving-models``); the int8 section
+starts from the committed float models (``--models``).
 """
 
 from __future__ import annotations
@@ -86,14 +92,18 @@ def fleet_section(root: Path, models: Path, index_dir: Path, photos: list[datase
     return result
 
 
-def int8_section(root: Path, models: Path, index_dir: Path, photos: list[datasets.StreetPhoto], small: bool, work: Path) -> dict[str, Any]:
+def int8_section(root: Path, models: Path, index_dir: Path, small: bool, work: Path) -> dict[str, Any]:
     from evaluation import retrieval
     from evaluation.catalog_index import reembed_catalog_index
-    from training.quantize import measure_speed, quantize_models
+    from evaluation.data import load_evaluation_data
+    from training.quantize import DEFAULT_CALIBRATION_PHOTOS, measure_speed, quantize_models
 
     out = work / "models-int8"
     only = ["detector", "tie"] if small else None
-    quantized = quantize_models(models, out, 8 if small else 120, only=only)
+    # A small run's dataset copy has no training photos to calibrate on, so it
+    # calibrates on the full datasets ($DATASETS_DIR), as make serving-models does.
+    calibration_root = None if small else root
+    quantized = quantize_models(models, out, 8 if small else DEFAULT_CALIBRATION_PHOTOS, only=only, datasets_root=calibration_root)
     speed = measure_speed(models, out)
     result: dict[str, Any] = {"quantize": quantized, "speed": speed}
 
@@ -101,20 +111,66 @@ def int8_section(root: Path, models: Path, index_dir: Path, photos: list[dataset
     if small:
         return result
     int8_index = reembed_catalog_index(index_dir, out, categories, work / "index-int8")
-    fp32 = retrieval.search_photos(Pipeline(models, index_dir), photos, desc="retrieval fp32")
-    int8 = retrieval.search_photos(Pipeline(out, int8_index), photos, desc="retrieval int8")
-    fp32_precision = retrieval.summarise([o for s in fp32 for o in s.detected])["type_precision_at_10"]
-    int8_precision = retrieval.summarise([o for s in int8 for o in s.detected])["type_precision_at_10"]
-    result["quality"] = {"fp32_type_precision_at_10": fp32_precision, "int8_type_precision_at_10": int8_precision,
-                         "photos": len(photos), "note": "int8 detector and classifiers; catalog re-embedded by the int8 classifiers"}
-    result["type_precision_at_10_change_points"] = (int8_precision - fp32_precision) * 100
+    # Every held-out street photo of both sets: the per-class figures need the queries.
+    data = load_evaluation_data(root, "heldout")
+    street = data.ccp + data.colorful
+    summaries = {}
+    for name, (model_dir, index) in {"fp32": (models, index_dir), "int8": (out, int8_index)}.items():
+        searches = retrieval.search_photos(Pipeline(model_dir, index), street, desc=f"retrieval {name}")
+        summaries[name] = {
+            "detected": retrieval.summarise([o for search in searches for o in search.detected]),
+            "ground_truth": retrieval.summarise([o for search in searches for o in search.ground_truth]),
+        }
+    result["quality"] = int8_quality(summaries, len(street))
+    result["type_precision_at_10_change_points"] = result["quality"]["detected"]["change_points"]
     return result
+
+
+def colour_change(fp32: dict[str, Any], int8: dict[str, Any]) -> float | None:
+    """Change in colour agreement@10, in points; None without colour-labelled queries."""
+    before, after = fp32.get("colour_agreement_at_10"), int8.get("colour_agreement_at_10")
+    return None if before is None or after is None else (after - before) * 100
+
+
+def int8_quality(summaries: dict[str, dict[str, dict]], photos: int) -> dict[str, Any]:
+    """Type precision@10 of the fp32 and int8 searches, overall and per class,
+    with detected boxes and with ground-truth boxes (which leave the detector's
+    misses out)."""
+    quality: dict[str, Any] = {
+        "photos": photos,
+        "note": "int8 detector, wearer model and classifiers; catalog re-embedded by the int8 classifiers",
+    }
+    for boxes in ("detected", "ground_truth"):
+        fp32, int8 = summaries["fp32"][boxes], summaries["int8"][boxes]
+        per_class = {}
+        for high_level, figures in fp32["per_class"].items():
+            int8_figures = int8["per_class"].get(high_level, {})
+            if "type_precision_at_10" not in figures or "type_precision_at_10" not in int8_figures:
+                continue
+            per_class[high_level] = {
+                "queries": figures["queries"],
+                "fp32": figures["type_precision_at_10"],
+                "int8": int8_figures["type_precision_at_10"],
+                "change_points": (int8_figures["type_precision_at_10"] - figures["type_precision_at_10"]) * 100,
+                "colour_change_points": colour_change(figures, int8_figures),
+            }
+        quality[boxes] = {
+            "queries": fp32["queries"],
+            "fp32": fp32["type_precision_at_10"],
+            "int8": int8["type_precision_at_10"],
+            "change_points": (int8["type_precision_at_10"] - fp32["type_precision_at_10"]) * 100,
+            "colour_change_points": colour_change(fp32, int8),
+            "per_class": per_class,
+        }
+    return quality
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", type=Path, default=None, help="dataset root; default $DATASETS_DIR or ../shared/datasets")
-    parser.add_argument("--models", type=Path, default=repo_path("models"), help="models folder")
+    parser.add_argument("--models", type=Path, default=repo_path("models"), help="the committed float models, which the int8 section quantizes")
+    parser.add_argument("--serving-models", type=Path, default=repo_path("var/models-serving"),
+                        help="the models the fleet serves, measured by the fleet and classifier sections (make serving-models)")
     parser.add_argument("--out", type=Path, default=repo_path("reports"), help="folder for bench.json, bench.md and figures")
     parser.add_argument("--cache-dir", type=Path, default=repo_path("var/eval"), help="where catalog indices are cached")
     parser.add_argument("--work-dir", type=Path, default=repo_path("var/bench"), help="where quantized models and indices go")
@@ -140,13 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.work_dir.mkdir(parents=True, exist_ok=True)
 
-    if "fleet" in args.sections or "int8" in args.sections:
-        index_dir = ensure_catalog_index(root, args.models, args.cache_dir)
+    if ("fleet" in args.sections or "classifier" in args.sections) and not (args.serving_models / "detector").is_dir():
+        parser.error(f"{args.serving_models} holds no models; run `make serving-models` or pass --serving-models models")
+    report["serving_models"] = str(args.serving_models)
     if "fleet" in args.sections:
-        report["fleet"] = fleet_section(root, args.models, index_dir, photos, args.small)
+        serving_index = ensure_catalog_index(root, args.serving_models, args.cache_dir)
+        report["fleet"] = fleet_section(root, args.serving_models, serving_index, photos, args.small)
     if "classifier" in args.sections:
         report["classifier"] = run_classifier_bench(
-            args.models, photos, groups_count=3 if args.small else 30, requests=12 if args.small else 200,
+            args.serving_models, photos, groups_count=3 if args.small else 30, requests=12 if args.small else 200,
         )
     if "hnsw" in args.sections and args.hnsw_result:
         report["hnsw"] = json.loads(args.hnsw_result.read_text())
@@ -159,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         report["hnsw"] = run_hnsw_scaling(sizes=sizes, queries=32 if args.small else 200,
                                           **({"ef_values": (10, 40), "min_timing_seconds": 0.2} if args.small else {}))
     if "int8" in args.sections:
-        report["int8"] = int8_section(root, args.models, index_dir, photos, args.small, args.work_dir)
+        float_index = ensure_catalog_index(root, args.models, args.cache_dir)
+        report["int8"] = int8_section(root, args.models, float_index, args.small, args.work_dir)
 
     report["seconds"] = round(time.monotonic() - started, 1)
     write_bench_report(report, args.out)

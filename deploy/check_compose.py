@@ -154,8 +154,8 @@ def check(compose: dict, base: Path = REPO_ROOT, procfile_services: list | None 
                 problems.append(f"{name}: volume {target!r} is not in source:target[:mode] form")
             elif is_named_volume(source) and source not in declared_volumes:
                 problems.append(f"{name}: volume {source!r} is not declared under top-level volumes")
-            elif source.rstrip("/") == "./models" and not read_only:
-                problems.append(f"{name}: ./models should be mounted read-only")
+            elif (source.rstrip("/") == "./models" or "MODELS_DIR" in source) and not read_only:
+                problems.append(f"{name}: the models at {source} should be mounted read-only")
             elif source.startswith("${") and "DATASETS_DIR" in source and not read_only:
                 problems.append(f"{name}: the dataset mount should be read-only")
 

@@ -30,8 +30,8 @@ def letterbox(image: Image.Image, input_width: int, input_height: int) -> tuple[
 
 def shrink_to_fit(image: Image.Image, input_width: int, input_height: int) -> Image.Image:
     """Scale a photo down to the size ``letterbox`` gives it inside the input
-    size (a photo that already fits is returned as it is), so that a caller can
-    send the detector a quarter of the pixels and get the same boxes."""
+    size; a photo that already fits is returned as it is. A caller can so send
+    the detector a quarter of the pixels of a street photo."""
     geometry = letterbox_geometry(image.width, image.height, input_width, input_height)
     if geometry.scale >= 1:
         return image

@@ -11,6 +11,8 @@ import pytest
 
 from tests.small_data import small_dataset_copy
 
+MODELS = Path(__file__).resolve().parent.parent / "models"
+
 HEADLINE_KEYS = (
     "fleet_vs_in_process_p50", "p99_over_p50_at_70_percent", "search_p50_ms", "peak_searches_per_second",
     "batch_speedup", "hnsw_memory_vs_formula", "int8_speedup", "micro_batching_throughput_gain",
@@ -26,7 +28,7 @@ def bench_report(tmp_path_factory) -> tuple[dict, Path]:
     data = small_dataset_copy(root / "data")
     out = root / "reports"
     code = main(["--small", "--datasets", str(data), "--out", str(out), "--cache-dir", str(root / "cache"),
-                 "--work-dir", str(root / "work")])
+                 "--work-dir", str(root / "work"), "--serving-models", str(MODELS)])
     assert code == 0
     return json.loads((out / "bench.json").read_text()), out
 

@@ -74,6 +74,10 @@ def writable_models(c):
     c["services"]["detector"]["volumes"] = ["./models:/app/models"]
 
 
+def writable_chosen_models(c):
+    c["services"]["classifier-top"]["volumes"] = ["${MODELS_DIR:-./models}:/app/models"]
+
+
 def wrong_port(c):
     c["services"]["classifier-top"]["environment"]["PORT"] = "9999"
 
@@ -93,7 +97,8 @@ def public_port(c):
     (no_healthcheck, "detector: long-running service without a healthcheck"),
     (undeclared_volume, "volume 'catalog' is not declared"),
     (unknown_dependency, "depends on cache, which is not a service"),
-    (writable_models, "./models should be mounted read-only"),
+    (writable_models, "detector: the models at ./models should be mounted read-only"),
+    (writable_chosen_models, "classifier-top: the models at ${MODELS_DIR:-./models} should be mounted read-only"),
     (wrong_port, "classifier-top: PORT=9999 in Compose, 8110 in the Procfile"),
     (unquoted_restart, "quote it as \"no\""),
     (public_port, "published on every interface"),

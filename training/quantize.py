@@ -620,15 +620,16 @@ def quantize_entry(
 
 def quantize_models(
     models_dir: Path, out_dir: Path, calibration_photos: int = DEFAULT_CALIBRATION_PHOTOS, only: list[str] | None = None,
-    keep_float: str = DEFAULT_KEEP_FLOAT,
+    keep_float: str = DEFAULT_KEEP_FLOAT, datasets_root: Path | None = None,
 ) -> dict[str, Any]:
     """Quantize the models of ``models_dir`` into a models tree under ``out_dir``.
 
     Each selected model's folder under ``out_dir`` is replaced. With ``only``,
     the other models are copied unchanged where ``out_dir`` lacks them, so the
     tree stays complete, and folders written by an earlier run are left alone.
-    Returns per-model results keyed by folder (``detector``,
-    ``classifiers/top``, ``wearer``).
+    Calibration and agreement inputs come from ``datasets_root`` (default
+    ``$DATASETS_DIR`` or ../shared/datasets). Returns per-model results keyed
+    by folder (``detector``, ``classifiers/top``, ``wearer``).
     """
     models_dir, out_dir = Path(models_dir), Path(out_dir)
     if calibration_photos < 1:
@@ -649,7 +650,7 @@ def quantize_models(
 
     # The float32 detector cuts the catalog crops, as it does in the indexer.
     detector = Detector(models_dir / "detector", threads=SESSION_THREADS)
-    pool = DatasetPool(calibration_photos)
+    pool = DatasetPool(calibration_photos, Path(datasets_root) if datasets_root else datasets.datasets_dir())
     results = {}
     for number, entry in enumerate(selected, start=1):
         log.info("quantizing %s (%d of %d)", entry.relative, number, len(selected))
@@ -927,6 +928,7 @@ def main(argv: list[str] | None = None) -> None:
         "--calibration-photos", type=int, default=DEFAULT_CALIBRATION_PHOTOS,
         help="calibration inputs per model: crops for a classifier, photos for the detector",
     )
+    parser.add_argument("--datasets", type=Path, default=None, help="dataset root; default $DATASETS_DIR or ../shared/datasets")
     parser.add_argument("--only", nargs="+", help="quantize only these models: detector, wearer or category names such as top")
     parser.add_argument(
         "--keep-float", choices=KEEP_FLOAT_CHOICES, default=DEFAULT_KEEP_FLOAT,
@@ -941,7 +943,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("training", "shared"):
         logging.getLogger(name).setLevel(logging.INFO)
 
-    results = quantize_models(args.models, args.out, args.calibration_photos, args.only, args.keep_float)
+    results = quantize_models(args.models, args.out, args.calibration_photos, args.only, args.keep_float, args.datasets)
     hardware = hardware_description()
     speed = {}
     if not args.skip_speed:

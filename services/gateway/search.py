@@ -138,9 +138,10 @@ async def run_search(context: SearchContext, image: Image.Image, options: Search
 
 async def detect_photo(context: SearchContext, image: Image.Image) -> dict[str, Any]:
     """Detect items and people, sending the detector the photo already scaled
-    to its input size: a 550x825 photo travels as 0.3 MB instead of 1.4 MB,
-    and the detector sees the same network input. Boxes come back in the
-    original photo's pixels."""
+    to its input size: a 550x825 photo travels as 0.3 MB instead of 1.4 MB.
+    The network input is the same, except that for some aspect ratios the
+    grey padding moves by one pixel. Boxes come back in the original photo's
+    pixels."""
     info = await context.downstream.detector_info(context.settings.detector_url)
     sent = shrink_to_fit(image, int(info["input_width"]), int(info["input_height"]))
     detection = await context.downstream.detect(context.settings.detector_url, np.asarray(sent))
@@ -282,8 +283,9 @@ async def classify_items(context: SearchContext, image: Image.Image, items: list
 
 def check_model_version(category: str, served: str | None, index: IndexMetadata) -> None:
     """Refuse embeddings of another model than the one that embedded the
-    category's products: their distances would rank products at random. This
-    happens while a new model rolls out before the catalog is indexed again."""
+    category's products: distances between two models' embeddings mean
+    little. This happens while a new model rolls out before the catalog is
+    indexed again."""
     expected = index.model_version_of(category)
     if expected is not None and served != expected:
         raise DownstreamError(
