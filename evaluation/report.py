@@ -59,6 +59,19 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     (out / "quality.md").write_text(render_markdown(report, out / "figures"))
 
 
+def _models_line(versions: dict[str, str]) -> str:
+    """Name the measured models: the int8 ones the fleet serves carry an ``-int8`` version."""
+    quantized = sorted(name for name, version in versions.items() if str(version).endswith("-int8"))
+    if not quantized:
+        kind = "float, as committed in `models/`"
+    elif len(quantized) == len(versions):
+        kind = "int8 (static QDQ), as `make serving-models` writes them"
+    else:
+        kind = f"int8 for {', '.join(quantized)}, float for the rest"
+    listed = ", ".join(f"{name} {version}" for name, version in sorted(versions.items()))
+    return f"Models: {kind}; versions {listed}."
+
+
 def render_markdown(report: dict[str, Any], figures: Path) -> str:
     figures.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -69,6 +82,8 @@ def render_markdown(report: dict[str, Any], figures: Path) -> str:
         f"colorful-fashion photos, {report['photos']['catalog_rows']} catalog rows. The catalog searched is the whole "
         f"fashion-product-images folder of that root: {report['index'].get('indexed')} products in "
         f"{report['index'].get('keys')} indices. Run time {report.get('seconds', 0):.0f} s.",
+        "",
+        _models_line(report.get("models", {})),
         "",
     ]
     lines += _aims_section(report)
