@@ -5,13 +5,16 @@
 PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 FLEET_TIMEOUT ?= 180
 
-# What the local fleet serves (deploy/fleet.env names the same folder).
+# What the local fleet serves (deploy/fleet.env names the same folder for a
+# fleet started without make).
 SERVING_MODELS ?= var/models-serving
 
 .PHONY: up down wait compose-check
 
+# The environment overrides deploy/fleet.env, so the fleet serves SERVING_MODELS even when it is changed here.
 up: $(SERVING_MODELS)/quantize_report.json ## start the local fleet in the background and wait until every /readyz answers 200
-	$(PYTHON) deploy/fleet.py up --timeout $(FLEET_TIMEOUT)
+	DETECTOR_MODEL_DIR=$(SERVING_MODELS)/detector DETECTOR_WEARER_MODEL_DIR=$(SERVING_MODELS)/wearer \
+		CLASSIFIER_MODELS_DIR=$(SERVING_MODELS)/classifiers $(PYTHON) deploy/fleet.py up --timeout $(FLEET_TIMEOUT)
 
 down: ## stop the local fleet
 	$(PYTHON) deploy/fleet.py down

@@ -100,9 +100,24 @@ def option(command: str, flag: str) -> str | None:
     return match.group(1) if match else None
 
 
+def fleet_settings(env_file: Path) -> dict[str, str]:
+    """Return the env file's values, each replaced by the environment's value of
+    the same name when it is set: ``GATEWAY_PORT=9000 make up`` works without
+    editing the file, as with Compose's .env files."""
+    settings = read_env_file(env_file)
+    for name in settings:
+        override = os.environ.get(name)
+        if override is None:
+            continue
+        if not override or re.search(r"[\s'\"#]", override):
+            raise FleetError(f"{name}={override!r} from the environment must be a plain value without spaces, quotes or '#'")
+        settings[name] = override
+    return settings
+
+
 def load_services(paths: Paths) -> list[Service]:
     """Return the Procfile's processes that listen on a port, with host and port expanded."""
-    variables = {**os.environ, **read_env_file(paths.env_file)}
+    variables = {**os.environ, **fleet_settings(paths.env_file)}
     services = []
     for line in paths.procfile.read_text().splitlines():
         match = PROCFILE_LINE.match(line)
@@ -353,13 +368,17 @@ def command_up(paths: Paths, timeout: float, grace: float) -> int:
 
     paths.pid_file.parent.mkdir(parents=True, exist_ok=True)
     paths.log_file.parent.mkdir(parents=True, exist_ok=True)
+    # honcho lets its env file win over the environment, so it gets a copy
+    # with the environment's overrides written in.
+    settings_file = paths.pid_file.parent / "fleet.env"
+    settings_file.write_text("".join(f"{name}={value}\n" for name, value in fleet_settings(paths.env_file).items()))
     env = dict(os.environ)
     # The Procfile calls uvicorn by name: find the one beside this interpreter first.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONUNBUFFERED"] = "1"  # honcho's own lines reach the log at once
     command = [
         sys.executable, "-m", "honcho", "start", "--no-colour",
-        "-f", str(paths.procfile), "-e", str(paths.env_file), "-d", str(REPO_ROOT),
+        "-f", str(paths.procfile), "-e", str(settings_file), "-d", str(REPO_ROOT),
     ]
     with paths.log_file.open("wb") as log:
         honcho = subprocess.Popen(

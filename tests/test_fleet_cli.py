@@ -50,8 +50,9 @@ http.server.HTTPServer((args.host, args.port), Handler).serve_forever()
 """
 
 
-def run_fleet(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(FLEET), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
+def run_fleet(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(FLEET), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
+                          env={**os.environ, **(env or {})})
 
 
 def free_port() -> int:
@@ -191,6 +192,28 @@ def test_up_wait_down_cycle(stub_fleet, tmp_path):
         time.sleep(0.1)
     assert not any(fleet.process_start_time(p) == s for p, s in children.items()), "a fleet process outlived down"
     assert not alive(pid)
+
+
+def test_environment_overrides_env_file(stub_fleet, tmp_path):
+    options = stub_fleet(0)
+    moved_port = free_port()
+    result = run_fleet("up", *options, "--timeout", "30", env={"SECOND_PORT": str(moved_port)})
+    try:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "all 2 services ready" in result.stdout
+        # The stub answers on the port from the environment, not the file's.
+        with socket.create_connection(("127.0.0.1", moved_port), timeout=5):
+            pass
+        assert f"SECOND_PORT={moved_port}" in (tmp_path / "state" / "run" / "fleet.env").read_text()
+    finally:
+        run_fleet("down", *options, "--grace", "5")
+
+
+def test_environment_override_with_space_rejected(stub_fleet):
+    options = stub_fleet(0)
+    result = run_fleet("up", *options, "--timeout", "5", env={"STUB_HOST": "127.0.0.1 --reload"})
+    assert result.returncode == 2
+    assert "STUB_HOST='127.0.0.1 --reload' from the environment must be a plain value" in result.stderr
 
 
 def test_up_timeout_stops_fleet(stub_fleet, tmp_path):
