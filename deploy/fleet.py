@@ -276,13 +276,26 @@ def log_tail(paths: Paths, lines: int = LOG_TAIL_LINES) -> str:
         return "(no log)\n"
 
 
-def exited_processes(paths: Paths) -> list[str]:
-    """Return the processes that exited by themselves (not by a signal), from honcho's lines in the log."""
+def exited_processes(paths: Paths) -> dict[str, int]:
+    """Return the processes that exited by themselves (not by a signal) and
+    their exit codes, from honcho's lines in the log."""
     try:
         text = paths.log_file.read_text(errors="replace")
     except OSError:
-        return []
-    return [f"{name} (rc={code})" for name, code in re.findall(r"\| (\S+) stopped \(rc=(\d+)\)", text)]
+        return {}
+    return {name: int(code) for name, code in re.findall(r"\| (\S+) stopped \(rc=(\d+)\)", text)}
+
+
+def process_tail(paths: Paths, name: str, lines: int = LOG_TAIL_LINES) -> str:
+    """Return the last lines one process wrote: honcho prefixes each with the
+    process name, so the reason a service refused to start is found even after
+    the shutdown lines of the others."""
+    try:
+        with paths.log_file.open(errors="replace") as log:
+            own = (line for line in log if re.match(rf"\S+ {re.escape(name)}\s+\| ", line))
+            return "".join(deque(own, maxlen=lines))
+    except OSError:
+        return "(no log)\n"
 
 
 # ---------------------------------------------------------------- readiness
@@ -401,7 +414,10 @@ def command_up(paths: Paths, timeout: float, grace: float) -> int:
     exited = exited_processes(paths)
     if exited:
         # Honcho stops the others with a signal once one exits, so these are the ones that failed.
-        print("exited on their own: " + ", ".join(exited))
+        print("exited on their own: " + ", ".join(f"{name} (rc={code})" for name, code in exited.items()))
+        for name in exited:
+            print(f"--- last lines of {name} ---")
+            print(process_tail(paths, name), end="")
     print("--- stopping the fleet ---")
     stop_fleet(honcho.pid, grace)
     paths.pid_file.unlink(missing_ok=True)

@@ -234,11 +234,14 @@ def test_up_timeout_stops_fleet(stub_fleet, tmp_path):
 def test_up_reports_a_crashed_process(stub_fleet, tmp_path):
     options = stub_fleet(-1)
     procfile = tmp_path / "Procfile"
-    procfile.write_text(procfile.read_text() + f"crashing: {sys.executable} -c 'raise SystemExit(3)'\n")
+    procfile.write_text(procfile.read_text() + f"crashing: {sys.executable} -c 'print(\"bad setting\"); raise SystemExit(3)'\n")
     result = run_fleet("up", *options, "--timeout", "30", "--grace", "2")
     assert result.returncode == 1
     assert "honcho exited with code 3 before the fleet was ready" in result.stdout
     assert "exited on their own: crashing.1 (rc=3)" in result.stdout
+    # The failed process's own last lines follow, whatever the others logged after it.
+    own_lines = result.stdout.split("--- last lines of crashing.1 ---")[1]
+    assert "bad setting" in own_lines.split("---")[0]
     assert not (tmp_path / "state" / "run" / "fleet.pid").exists()
 
 
