@@ -126,10 +126,18 @@ def int8_section(root: Path, models: Path, index_dir: Path, small: bool, work: P
     return result
 
 
-def colour_change(fp32: dict[str, Any], int8: dict[str, Any]) -> float | None:
-    """Change in colour agreement@10, in points; None without colour-labelled queries."""
+def precision_change(fp32: dict[str, Any], int8: dict[str, Any]) -> dict[str, Any]:
+    """Type precision@10 of both searches of one set of queries, and the changes
+    in type precision and colour agreement@10, in points (the colour change is
+    None without colour-labelled queries)."""
     before, after = fp32.get("colour_agreement_at_10"), int8.get("colour_agreement_at_10")
-    return None if before is None or after is None else (after - before) * 100
+    return {
+        "queries": fp32["queries"],
+        "fp32": fp32["type_precision_at_10"],
+        "int8": int8["type_precision_at_10"],
+        "change_points": (int8["type_precision_at_10"] - fp32["type_precision_at_10"]) * 100,
+        "colour_change_points": None if before is None or after is None else (after - before) * 100,
+    }
 
 
 def int8_quality(summaries: dict[str, dict[str, dict]], photos: int) -> dict[str, Any]:
@@ -147,21 +155,8 @@ def int8_quality(summaries: dict[str, dict[str, dict]], photos: int) -> dict[str
             int8_figures = int8["per_class"].get(high_level, {})
             if "type_precision_at_10" not in figures or "type_precision_at_10" not in int8_figures:
                 continue
-            per_class[high_level] = {
-                "queries": figures["queries"],
-                "fp32": figures["type_precision_at_10"],
-                "int8": int8_figures["type_precision_at_10"],
-                "change_points": (int8_figures["type_precision_at_10"] - figures["type_precision_at_10"]) * 100,
-                "colour_change_points": colour_change(figures, int8_figures),
-            }
-        quality[boxes] = {
-            "queries": fp32["queries"],
-            "fp32": fp32["type_precision_at_10"],
-            "int8": int8["type_precision_at_10"],
-            "change_points": (int8["type_precision_at_10"] - fp32["type_precision_at_10"]) * 100,
-            "colour_change_points": colour_change(fp32, int8),
-            "per_class": per_class,
-        }
+            per_class[high_level] = precision_change(figures, int8_figures)
+        quality[boxes] = {**precision_change(fp32, int8), "per_class": per_class}
     return quality
 
 
