@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from services.classifier.results import describe_crops
-from services.detector.analysis import analyse_photo
+from services.detector.analysis import analyse_photo, describe_models
 from services.gateway.catalog import IndexMetadata, load_index_metadata
 from services.gateway.search import SearchContext, SearchOptions, run_search
 from services.gateway.settings import GatewaySettings
@@ -42,8 +42,8 @@ class InProcessDownstream:
         self.classifiers = classifiers
         self.shards = shards
         self.person_margin = person_margin
-        # A photo is detected once, however many region searches it serves;
-        # a benchmark turns this off so that every search pays for detection.
+        # A photo is detected once, however many region searches it serves.
+        # A benchmark turns this off, so that every search pays for detection.
         self.cache_detections = cache_detections
         self._detections: dict[str, dict[str, Any]] = {}
 
@@ -59,12 +59,7 @@ class InProcessDownstream:
         return self._detections[digest]
 
     async def detector_info(self, base_url: str) -> dict[str, Any]:
-        return {
-            "input_width": self.detector.input_width,
-            "input_height": self.detector.input_height,
-            "classes": self.detector.classes,
-            "model_versions": {"detector": self.detector.version, "wearer": self.wearer.version},
-        }
+        return describe_models(self.detector, self.wearer)
 
     async def info(self, category: str, base_url: str) -> dict[str, Any]:
         model = self.classifiers[category]

@@ -1,8 +1,10 @@
 """The detection of one decoded photo that ``POST /detect`` returns: the item
-boxes and, for each person box, the wearer probabilities.
+boxes and, for each person box, the wearer probabilities; and the model
+description that ``GET /info`` returns.
 
 The service and the in-process pipeline of the evaluation both call
-``analyse_photo``, so a search gets the same detections either way.
+``analyse_photo`` and ``describe_models``, so a search gets the same
+detections and input size either way.
 """
 
 from __future__ import annotations
@@ -15,6 +17,16 @@ from PIL import Image
 from shared import taxonomy
 from shared.boxes import expand_box
 from shared.inference import Classifier, Detector
+
+
+def describe_models(detector: Detector, wearer: Classifier) -> dict[str, Any]:
+    """Return the detector's input size and classes and both models' versions."""
+    return {
+        "input_width": detector.input_width,
+        "input_height": detector.input_height,
+        "classes": detector.classes,
+        "model_versions": {"detector": detector.version, "wearer": wearer.version},
+    }
 
 
 def wearer_probabilities(wearer: Classifier, image: Image.Image, boxes: list[np.ndarray], margin: float) -> list[dict[str, float]]:

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from services.detector.analysis import analyse_photo, wearer_probabilities
+from services.detector.analysis import analyse_photo, describe_models, wearer_probabilities
 from services.detector.settings import DetectorSettings
 from shared.imagecodec import InvalidImage, decode_image
 from shared.inference import Classifier, Detector
@@ -71,12 +71,7 @@ install_common(app, SERVICE, is_ready)
 async def info() -> dict:
     if models.detector is None or models.wearer is None:
         raise HTTPException(503, "the models are still loading")
-    return {
-        "input_width": models.detector.input_width,
-        "input_height": models.detector.input_height,
-        "classes": models.detector.classes,
-        "model_versions": {"detector": models.detector.version, "wearer": models.wearer.version},
-    }
+    return describe_models(models.detector, models.wearer)
 
 
 async def read_photo(request: Request) -> Image.Image:
@@ -114,7 +109,7 @@ async def detect(request: Request) -> JSONResponse:
             analyse_photo, models.detector, models.wearer, image, settings.score_threshold, settings.person_margin,
         )
     answer["timings_ms"] = timings
-    # The answer holds only JSON types: skip FastAPI's generic encoder.
+    # The body contains only JSON types, so FastAPI's generic encoder is skipped.
     return JSONResponse(answer)
 
 
