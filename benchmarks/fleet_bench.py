@@ -46,7 +46,7 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 def check_answer(response: httpx.Response) -> None:
-    """A failed or degraded search would time less work: stop the benchmark."""
+    """Raise when a search failed or came back degraded, because it would time less work."""
     response.raise_for_status()
     degraded = response.json().get("degraded")
     if degraded:

@@ -109,7 +109,7 @@ def fleet_settings(env_file: Path) -> dict[str, str]:
         override = os.environ.get(name)
         if override is None:
             continue
-        if not override or re.search(r"[\s'\"#]", override):
+        if re.search(r"[\s'\"#]", override):
             raise FleetError(f"{name}={override!r} from the environment must be a plain value without spaces, quotes or '#'")
         settings[name] = override
     return settings

@@ -63,9 +63,10 @@ class RequestIdMiddleware:
     """Give each request an id (the caller's ``X-Request-ID`` or a new one),
     echo it in the response, and time the request into the stage histogram.
 
-    A plain ASGI middleware rather than ``@app.middleware("http")``: Starlette's
-    ``BaseHTTPMiddleware`` passes the body through an extra stream and task,
-    which cost about a millisecond per request between services.
+    A plain ASGI middleware rather than ``@app.middleware("http")``, because
+    Starlette's ``BaseHTTPMiddleware`` passes the body through an extra stream
+    and task. Without it the classifier's decode stage (reading the request
+    body) took 0.04 ms per call in reports/bench.md.
     """
 
     def __init__(self, app: ASGIApp, service: str):
@@ -79,7 +80,8 @@ class RequestIdMiddleware:
         request_id = Headers(scope=scope).get(REQUEST_ID_HEADER) or uuid.uuid4().hex
         token = request_id_var.set(request_id)
         started = time.perf_counter()
-        status = 500  # stays so when the app fails before it starts a response
+        # Stays 500 when the app raises before it starts a response.
+        status = 500
 
         async def send_with_id(message: Message) -> None:
             nonlocal status

@@ -321,8 +321,8 @@ GENDER_TO_WEARER: dict[str, str | None] = {
     "men": "man", "women": "woman", "boys": "boy", "girls": "girl", "unisex": None,
 }
 # Garments of these classes are photographed on a model, so a catalog photo of
-# one shows its wearer; other products usually appear alone, where the
-# product's gender tells nothing about a person in the photo.
+# one shows its wearer. Other products usually appear alone, where the
+# product's gender gives no information about a person in the photo.
 WORN_ON_MODEL: frozenset[str] = frozenset({"top", "bottom", "dress"})
 
 # Attribute heads of every classifier, in output order, with their vocabularies.

@@ -201,7 +201,7 @@ def test_environment_overrides_env_file(stub_fleet, tmp_path):
     try:
         assert result.returncode == 0, result.stdout + result.stderr
         assert "all 2 services ready" in result.stdout
-        # The stub answers on the port from the environment, not the file's.
+        # The stub listens on the port from the environment, not the file's.
         with socket.create_connection(("127.0.0.1", moved_port), timeout=5):
             pass
         assert f"SECOND_PORT={moved_port}" in (tmp_path / "state" / "run" / "fleet.env").read_text()

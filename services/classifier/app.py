@@ -127,5 +127,5 @@ async def classify(request: Request) -> JSONResponse:
         else:
             output = await run_in_threadpool(model.run, crops)
     results = describe_crops(model, output)
-    # The answer holds only JSON types: skip FastAPI's generic encoder.
+    # The body contains only JSON types, so FastAPI's generic encoder is skipped.
     return JSONResponse({"category": settings.category, "model_version": model.version, "results": results, "timings_ms": timings})

@@ -64,7 +64,7 @@ async def lifespan(app: FastAPI):
              settings.detector_url, len(settings.classifier_urls), sorted(settings.shard_urls), settings.index_dir)
     state.index = load_index_metadata(settings.index_dir)
     timeout = aiohttp.ClientTimeout(total=settings.downstream_timeout_seconds, connect=settings.connect_timeout_seconds)
-    # Pooled keep-alive connections; the services are plain HTTP on the cluster network.
+    # One pool of keep-alive connections serves every downstream call.
     state.session = aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=64))
     state.downstream = Downstream(state.session)
     state.cache = AnswerCache(settings.redis_url, settings.cache_ttl_seconds, settings.local_cache_entries, settings.redis_timeout_seconds)

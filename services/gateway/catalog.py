@@ -33,7 +33,7 @@ class IndexMetadata:
         return key in self.routing["keys"]
 
     def model_version_of(self, category: str) -> str | None:
-        """The version of the classifier that embedded this category's products."""
+        """Return the version of the classifier that embedded this category's products."""
         return self.routing.get("model_versions", {}).get(category)
 
 

@@ -152,8 +152,8 @@ async def detect_photo(context: SearchContext, image: Image.Image) -> dict[str, 
         box = np.minimum(np.asarray(entry["box"], np.float32) * scale, limits)
         return {**entry, "box": [round(float(v), 1) for v in box]}
 
-    # A new answer rather than an edited one: the in-process pipeline hands
-    # out the same cached detection for every search of a photo.
+    # Build a new detection instead of editing the received one, because the
+    # in-process pipeline returns the same cached detection for every search of a photo.
     return {
         **detection,
         "width": image.width,
@@ -282,10 +282,10 @@ async def classify_items(context: SearchContext, image: Image.Image, items: list
 
 
 def check_model_version(category: str, served: str | None, index: IndexMetadata) -> None:
-    """Refuse embeddings of another model than the one that embedded the
-    category's products: distances between two models' embeddings mean
-    little. This happens while a new model rolls out before the catalog is
-    indexed again."""
+    """Raise ``DownstreamError`` when the classifier serves another model than
+    the one that embedded the category's products, because distances between
+    two models' embeddings mean little. This happens while a new model rolls
+    out before the catalog is indexed again."""
     expected = index.model_version_of(category)
     if expected is not None and served != expected:
         raise DownstreamError(

@@ -131,5 +131,5 @@ async def search(request: SearchRequest) -> JSONResponse:
         checked = check_request(request, indices)
     with stage_timer(SERVICE, "search", timings):
         results = await run_sync(search_all, checked, indices, limiter=state.limiter)
-    # The answer holds only JSON types: skip FastAPI's generic encoder.
+    # The body contains only JSON types, so FastAPI's generic encoder is skipped.
     return JSONResponse({"shard": settings.name, "results": results, "timings_ms": timings})
